@@ -1,0 +1,5 @@
+import sys
+
+from xboot.cli import main
+
+sys.exit(main())

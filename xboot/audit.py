@@ -1,0 +1,37 @@
+"""The issuance audit log: one record per certificate, written before the certificate leaves.
+
+Records live at `certificates/<registration id, lower case>/<serial>.json`, so listing
+what a device was issued is a prefix listing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+from xboot.errors import BackendUnavailable
+from xboot.issuance import IssuedCertificate
+from xboot.pki import certificates_to_pem
+from xboot.storage import ObjectStore
+
+
+def audit_key(registration_id: str, serial_number: str) -> str:
+    return f"certificates/{registration_id.lower()}/{serial_number}.json"
+
+
+def record_issuance(store: ObjectStore, issued: IssuedCertificate, issued_at: dt.datetime) -> None:
+    record = {
+        "registrationId": issued.registration_id,
+        "serialNumber": issued.serial_number,
+        "sha256Fingerprint": issued.fingerprint,
+        "subject": issued.certificate.subject.rfc4514_string(),
+        "issuer": issued.certificate.issuer.rfc4514_string(),
+        "notBefore": issued.certificate.not_valid_before_utc.isoformat(),
+        "notAfter": issued.not_after.isoformat(),
+        "issuedAt": issued_at.isoformat(),
+        "certificate": certificates_to_pem([issued.certificate]),
+    }
+    data = json.dumps(record, indent=1).encode("utf-8")
+    if not store.create(audit_key(issued.registration_id, issued.serial_number), data):
+        # 128 random bits colliding means something is badly wrong: issue nothing.
+        raise BackendUnavailable("audit record collision; retry")

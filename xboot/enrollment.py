@@ -1,0 +1,34 @@
+"""Enrollment: a registration ID and a CSR in, a recorded certificate out."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+
+from xboot.audit import record_issuance
+from xboot.errors import BadRequest, Forbidden
+from xboot.issuance import IssuedCertificate, build_certificate, check_csr, parse_csr
+from xboot.registration import load_registration_policy, validate_registration_id
+from xboot.settings import Settings
+from xboot.signer import load_signer
+from xboot.storage import open_data_store
+
+log = logging.getLogger(__name__)
+
+
+def enroll(registration_id: object, csr_text: object, settings: Settings) -> IssuedCertificate:
+    """Checks run cheapest first; the audit record is written before anything is returned."""
+    registration_id = validate_registration_id(registration_id)
+    if not isinstance(csr_text, str) or not csr_text.strip():
+        raise BadRequest("Csr is required (base64 DER or PEM PKCS#10)", code="invalid_csr")
+    csr = parse_csr(csr_text)
+    key = check_csr(csr, registration_id)
+    if not load_registration_policy(settings)(registration_id, csr):
+        raise Forbidden(f"registration {registration_id} is not allowed to enroll", code="registration_refused")
+    signer = load_signer(settings)
+    validity = dt.timedelta(days=settings.integer("CertificateValidityDays", 365, minimum=1, maximum=3650))
+    now = dt.datetime.now(dt.UTC)
+    issued = IssuedCertificate(registration_id, build_certificate(csr, key, signer, validity, now), signer)
+    record_issuance(open_data_store(settings), issued, now)
+    log.info("issued certificate %s to %s", issued.serial_number, registration_id)
+    return issued

@@ -1,0 +1,61 @@
+"""Errors that cross the HTTP edge: each carries its status and a machine-readable code.
+
+Messages are written for the caller: they never include secret values, file contents
+or stack traces.
+"""
+
+from __future__ import annotations
+
+
+class XbootError(Exception):
+    status = 500
+    code = "internal_error"
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+
+
+class BadRequest(XbootError):
+    status = 400
+    code = "bad_request"
+
+
+class Forbidden(XbootError):
+    status = 403
+    code = "forbidden"
+
+
+class NotFound(XbootError):
+    status = 404
+    code = "not_found"
+
+
+class PayloadTooLarge(XbootError):
+    status = 413
+    code = "payload_too_large"
+
+
+class Unprocessable(XbootError):
+    status = 422
+    code = "verification_failed"
+
+
+class ConfigurationError(XbootError):
+    """The service's own settings are wrong; the message names the setting, never its value."""
+
+    status = 500
+    code = "configuration_error"
+
+
+class BackendUnavailable(XbootError):
+    """A key store or data store could not be reached; the caller should retry later."""
+
+    status = 503
+    code = "backend_unavailable"
+
+    def __init__(self, message: str, *, retry_after: int = 5) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

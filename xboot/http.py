@@ -1,0 +1,97 @@
+"""The HTTP edge: request bodies in, JSON responses out, errors as `{"error", "message"}`.
+
+Handlers in function_app.py call `respond`, which turns an `ApiResponse` or an
+`XbootError` into an HttpResponse and any other exception into a bare 500 that
+says nothing about the code.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import traceback
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import azure.functions as func
+
+from xboot.errors import BackendUnavailable, BadRequest, PayloadTooLarge, XbootError
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class ApiResponse:
+    status: int
+    body: Any
+    headers: Mapping[str, str] = field(default_factory=dict)
+    content_type: str = "application/json"
+
+
+def check_size(body: bytes) -> bytes:
+    if len(body) > MAX_BODY_BYTES:
+        raise PayloadTooLarge(f"request body exceeds {MAX_BODY_BYTES // 1024} KiB")
+    return body
+
+
+def json_object(body: bytes) -> dict[str, Any]:
+    """The body as a JSON object, whatever the Content-Type said (XBoot.Client sends none)."""
+    check_size(body)
+    if not body.strip():
+        raise BadRequest("request body is empty; send a JSON object", code="invalid_json")
+    try:
+        value = json.loads(body.decode("utf-8-sig"))
+    except (UnicodeDecodeError, ValueError):
+        raise BadRequest("request body is not valid UTF-8 JSON", code="invalid_json") from None
+    if not isinstance(value, dict):
+        raise BadRequest("request body must be a JSON object", code="invalid_json")
+    return value
+
+
+def field_ci(document: Mapping[str, Any], name: str) -> Any:
+    """Look a key up case-insensitively, as ASP.NET model binding did for XBoot."""
+    wanted = name.lower()
+    for key, value in document.items():
+        if key.lower() == wanted:
+            return value
+    return None
+
+
+def error_body(error: XbootError) -> dict[str, str]:
+    return {"error": error.code, "message": error.message}
+
+
+def _encode(response: ApiResponse) -> bytes:
+    if isinstance(response.body, bytes):
+        return response.body
+    return json.dumps(response.body, indent=1).encode("utf-8")
+
+
+def _where(exc: BaseException) -> str:
+    frames = traceback.extract_tb(exc.__traceback__)
+    return f"{frames[-1].filename}:{frames[-1].lineno}" if frames else "?"
+
+
+def respond(handler: Callable[[], ApiResponse]) -> func.HttpResponse:
+    try:
+        response = handler()
+    except XbootError as error:
+        headers = {"Cache-Control": "no-store"}
+        if isinstance(error, BackendUnavailable):
+            headers["Retry-After"] = str(error.retry_after)
+        if error.status >= 500:
+            log.error("%s: %s", error.code, error.message)
+        response = ApiResponse(error.status, error_body(error), headers)
+    except Exception as exc:  # noqa: BLE001 - the edge: nothing escapes as a stack trace
+        # Type and place only: exception text can carry request or key material.
+        log.error("unexpected %s at %s", type(exc).__name__, _where(exc))
+        response = ApiResponse(500, {"error": "internal_error", "message": "internal error"})
+    return func.HttpResponse(
+        body=_encode(response),
+        status_code=response.status,
+        headers={"Cache-Control": "no-store", **response.headers},
+        mimetype=response.content_type,
+    )

@@ -1,0 +1,139 @@
+"""Parsing of certificates and keys in the shapes operators actually have them.
+
+PEM (including the single-line form App Settings force on it), DER, and PKCS#12.
+Errors name the setting the bytes came from and never echo the bytes.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.serialization import pkcs12
+
+from xboot.errors import ConfigurationError
+
+PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
+PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
+
+_PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----(.*?)-----END \1-----", re.DOTALL)
+_BASE64_NOISE = re.compile(rb"\s+|\\n|\\r")
+
+
+def normalize_pem(data: bytes) -> bytes:
+    """Re-wrap PEM blocks whose line breaks were lost (App Settings hold one line) or escaped as \\n."""
+    blocks = []
+    for match in _PEM_BLOCK.finditer(data):
+        label, body = match.group(1), match.group(2)
+        if b":" in body:  # legacy encrypted PEM headers: cannot be re-wrapped blindly
+            blocks.append(match.group(0).replace(b"\\n", b"\n"))
+            continue
+        body = _BASE64_NOISE.sub(b"", body)
+        lines = [body[i : i + 64] for i in range(0, len(body), 64)]
+        blocks.append(b"\n".join([b"-----BEGIN " + label + b"-----", *lines, b"-----END " + label + b"-----"]))
+    return b"\n".join(blocks) + b"\n"
+
+
+def is_pem(data: bytes) -> bool:
+    return b"-----BEGIN " in data
+
+
+def load_certificates(data: bytes, setting: str) -> list[x509.Certificate]:
+    """All certificates in PEM, DER or base64-DER `data`, in order."""
+    try:
+        if is_pem(data):
+            return x509.load_pem_x509_certificates(normalize_pem(data))
+        try:
+            return [x509.load_der_x509_certificate(data)]
+        except ValueError:
+            return [x509.load_der_x509_certificate(base64.b64decode(data, validate=False))]
+    except (ValueError, binascii.Error):
+        raise ConfigurationError(f"setting {setting}: not a PEM or DER X.509 certificate") from None
+
+
+def load_private_key(data: bytes, password: bytes | None, setting: str) -> PrivateKey:
+    """A private key in PEM (PKCS#1, SEC1, PKCS#8, encrypted PKCS#8) or DER form."""
+    try:
+        if is_pem(data):
+            key = serialization.load_pem_private_key(normalize_pem(data), password)
+        else:
+            key = serialization.load_der_private_key(data, password)
+    except TypeError:
+        if password is None:
+            raise ConfigurationError(f"setting {setting}: the key is encrypted; set PrivateKeyPassword") from None
+        raise ConfigurationError(f"setting {setting}: the key is not encrypted; remove PrivateKeyPassword") from None
+    except (ValueError, binascii.Error):
+        raise ConfigurationError(
+            f"setting {setting}: not a readable private key (wrong format, or wrong PrivateKeyPassword)"
+        ) from None
+    except Exception:  # noqa: BLE001 - pyca raises UnsupportedAlgorithm and friends for odd keys
+        raise ConfigurationError(f"setting {setting}: unsupported private key") from None
+    if not isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
+        raise ConfigurationError(f"setting {setting}: only RSA and EC CA keys are supported")
+    return key
+
+
+def looks_like_pkcs12(data: bytes) -> bool:
+    """DER that is neither a certificate nor a key: the only other thing we accept is PKCS#12."""
+    if is_pem(data) or not data.startswith(b"\x30"):
+        return False
+    try:
+        x509.load_der_x509_certificate(data)
+        return False
+    except ValueError:
+        pass
+    try:
+        pkcs12.load_pkcs12(data, None)
+        return True
+    except ValueError:
+        return True  # encrypted PKCS#12 fails without its password: still PKCS#12-shaped
+    except Exception:  # noqa: BLE001
+        return False
+
+
+@dataclass(frozen=True)
+class KeyBundle:
+    """What a PKCS#12 file holds: the issuing certificate, its key and the certificates above it."""
+
+    certificate: x509.Certificate
+    key: PrivateKey
+    chain: tuple[x509.Certificate, ...]
+
+
+def load_pkcs12_bundle(data: bytes, password: bytes | None, setting: str) -> KeyBundle:
+    try:
+        loaded = pkcs12.load_pkcs12(data, password)
+    except ValueError:
+        raise ConfigurationError(
+            f"setting {setting}: unreadable PKCS#12 (wrong PrivateKeyPassword, or not PKCS#12)"
+        ) from None
+    if loaded.key is None or loaded.cert is None:
+        raise ConfigurationError(f"setting {setting}: the PKCS#12 must hold a certificate and its private key")
+    key = loaded.key
+    if not isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
+        raise ConfigurationError(f"setting {setting}: only RSA and EC CA keys are supported")
+    return KeyBundle(
+        certificate=loaded.cert.certificate,
+        key=key,
+        chain=tuple(c.certificate for c in loaded.additional_certs),
+    )
+
+
+def sha256_fingerprint(certificate: x509.Certificate) -> str:
+    """`BB:EA:2A:...`: the form `openssl x509 -fingerprint -sha256` prints and the trust API takes."""
+    return certificate.fingerprint(hashes.SHA256()).hex(":").upper()
+
+
+def certificates_to_pem(certificates: list[x509.Certificate] | tuple[x509.Certificate, ...]) -> str:
+    return "".join(c.public_bytes(serialization.Encoding.PEM).decode("ascii") for c in certificates)
+
+
+def describe_key(key: PublicKey) -> str:
+    if isinstance(key, rsa.RSAPublicKey):
+        return f"RSA-{key.key_size}"
+    return f"EC {key.curve.name}"

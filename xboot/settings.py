@@ -1,0 +1,69 @@
+"""App settings, read the way Azure Functions exposes them: as environment variables.
+
+Names follow XBoot.Server (`Location`, `CertificateFile`, ...) so an existing
+local.settings.json or App Settings blade carries over unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+from xboot.errors import ConfigurationError
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+class Settings:
+    """A read-only view of the app settings with typed accessors that name the setting at fault."""
+
+    def __init__(self, values: Mapping[str, str]) -> None:
+        self._values = {k: v for k, v in values.items() if isinstance(v, str)}
+
+    @classmethod
+    def from_environ(cls) -> Settings:
+        return cls(os.environ)
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        value = self._values.get(name)
+        if value is None or not value.strip():
+            return default
+        return value.strip()
+
+    def raw(self, name: str) -> str | None:
+        """The value without trimming: PEM text and passwords are taken as written."""
+        value = self._values.get(name)
+        return value if value else None
+
+    def require(self, name: str, purpose: str) -> str:
+        value = self.get(name)
+        if value is None:
+            raise ConfigurationError(f"setting {name} is required {purpose}")
+        return value
+
+    def integer(self, name: str, default: int, *, minimum: int, maximum: int) -> int:
+        value = self.get(name)
+        if value is None:
+            return default
+        try:
+            number = int(value)
+        except ValueError:
+            raise ConfigurationError(f"setting {name} must be a whole number") from None
+        if not minimum <= number <= maximum:
+            raise ConfigurationError(f"setting {name} must be between {minimum} and {maximum}")
+        return number
+
+    def boolean(self, name: str, default: bool) -> bool:
+        value = self.get(name)
+        if value is None:
+            return default
+        if value.lower() in _TRUE:
+            return True
+        if value.lower() in _FALSE:
+            return False
+        raise ConfigurationError(f"setting {name} must be true or false")
+
+    def snapshot(self, names: tuple[str, ...]) -> tuple[str | None, ...]:
+        """The raw values of `names`: a cache key that changes whenever any of them changes."""
+        return tuple(self._values.get(name) for name in names)
