@@ -5,10 +5,8 @@ Fixture modules for real backends live in tests/fixtures/ and are loaded here.
 
 from __future__ import annotations
 
-import base64
 import json
 import os
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +16,7 @@ import azure.functions as func
 import pytest
 
 import xboot.registration
+from tests.helpers import DeviceCsr, make_csr, openssl  # noqa: F401 - re-exported for test modules
 from xboot.devca import DevelopmentCa, create_development_ca
 from xboot.serve import FunctionsWsgiApp, RouteTable, route_prefix
 from xboot.signer import clear_signer_cache
@@ -28,14 +27,6 @@ ROOT = Path(__file__).resolve().parent.parent
 pytest_plugins = [
     f"tests.fixtures.{p.stem}" for p in sorted((ROOT / "tests" / "fixtures").glob("*.py")) if p.stem != "__init__"
 ]
-
-
-def openssl(*args: str, cwd: Path | None = None, stdin: bytes | None = None) -> bytes:
-    """Run the openssl CLI (what the seeds use) and fail loudly with its stderr."""
-    result = subprocess.run(["openssl", *args], cwd=cwd, input=stdin, capture_output=True, check=False)
-    if result.returncode != 0:
-        raise AssertionError(f"openssl {' '.join(args)} failed: {result.stderr.decode(errors='replace')}")
-    return result.stdout
 
 
 @pytest.fixture(scope="session")
@@ -92,25 +83,6 @@ def functions() -> Functions:
     import function_app
 
     return Functions(RouteTable.from_app(function_app.app, route_prefix(ROOT / "host.json")))
-
-
-@dataclass(frozen=True)
-class DeviceCsr:
-    key_path: Path
-    der: bytes
-
-    @property
-    def b64(self) -> str:
-        return base64.b64encode(self.der).decode()
-
-
-def make_csr(directory: Path, registration_id: str, key_args: list[str] | None = None, *extra: str) -> DeviceCsr:
-    """A device key and CSR made by the openssl CLI, as a device's firmware would."""
-    directory.mkdir(parents=True, exist_ok=True)
-    key = directory / f"{registration_id}.key"
-    openssl("genpkey", *(key_args or ["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"]), "-out", str(key))
-    der = openssl("req", "-new", "-key", str(key), "-subj", f"/CN={registration_id}", "-outform", "DER", *extra)
-    return DeviceCsr(key, der)
 
 
 @pytest.fixture

@@ -79,21 +79,11 @@ def load_private_key(data: bytes, password: bytes | None, setting: str) -> Priva
 
 
 def looks_like_pkcs12(data: bytes) -> bool:
-    """DER that is neither a certificate nor a key: the only other thing we accept is PKCS#12."""
-    if is_pem(data) or not data.startswith(b"\x30"):
+    """DER `PFX ::= SEQUENCE { version INTEGER (3), ... }`; keys start with version 0 or 1, certificates with a SEQUENCE."""
+    if len(data) < 8 or data[0] != 0x30:
         return False
-    try:
-        x509.load_der_x509_certificate(data)
-        return False
-    except ValueError:
-        pass
-    try:
-        pkcs12.load_pkcs12(data, None)
-        return True
-    except ValueError:
-        return True  # encrypted PKCS#12 fails without its password: still PKCS#12-shaped
-    except Exception:  # noqa: BLE001
-        return False
+    header = 2 + (data[1] & 0x7F if data[1] & 0x80 else 0)
+    return data[header : header + 3] == b"\x02\x01\x03"
 
 
 @dataclass(frozen=True)

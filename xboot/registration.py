@@ -1,7 +1,8 @@
 """Which registration IDs may enroll.
 
-IDs follow Azure DPS rules: 1-128 characters of letters, digits and `. _ : -`, the last
-one a letter, digit or dash. DPS treats IDs case-insensitively, so allow-list checks do
+IDs follow Azure DPS rules (letters, digits and `. _ : -`, the last one a letter, digit or
+dash), capped at 64 characters rather than DPS's 128: the ID becomes the certificate's CN,
+and RFC 5280 bounds a CN at 64. DPS treats IDs case-insensitively, so allow-list checks do
 too; the certificate's CN keeps the case the device sent.
 """
 
@@ -19,7 +20,8 @@ from cryptography import x509
 from xboot.errors import BadRequest, ConfigurationError
 from xboot.settings import Settings
 
-REGISTRATION_ID = re.compile(r"[A-Za-z0-9._:-]{0,127}[A-Za-z0-9-]")
+REGISTRATION_ID = re.compile(r"[A-Za-z0-9._:-]{0,63}[A-Za-z0-9-]")
+MAX_LENGTH = 64  # RFC 5280 ub-common-name
 
 # A custom validator: `RegistrationPolicy=package.module:function`, called as
 # function(registration_id, csr) -> bool. XBoot's CheckIfAuthorized, made pluggable.
@@ -29,9 +31,14 @@ RegistrationValidator = Callable[[str, x509.CertificateSigningRequest], bool]
 def validate_registration_id(value: object) -> str:
     if not isinstance(value, str) or not value:
         raise BadRequest("RegistrationId is required", code="invalid_registration_id")
+    if len(value) > MAX_LENGTH:
+        raise BadRequest(
+            f"RegistrationId is longer than {MAX_LENGTH} characters, the most a certificate CN may hold (RFC 5280)",
+            code="invalid_registration_id",
+        )
     if not REGISTRATION_ID.fullmatch(value):
         raise BadRequest(
-            "RegistrationId must be 1-128 characters of A-Z a-z 0-9 . _ : - ending in a letter, digit or dash",
+            "RegistrationId must be 1-64 characters of A-Z a-z 0-9 . _ : - ending in a letter, digit or dash",
             code="invalid_registration_id",
         )
     return value

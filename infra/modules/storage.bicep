@@ -13,7 +13,7 @@ param tags object = {}
 @maxLength(24)
 param name string
 
-@description('Replication. ZRS or GZRS keep the audit log and CA files through a zone outage where the region offers them.')
+@description('Replication. Geo-redundant by default: the audit log and CA files survive a regional outage. Standard_LRS is fine for dev.')
 @allowed([
   'Standard_LRS'
   'Standard_ZRS'
@@ -22,7 +22,7 @@ param name string
   'Standard_RAGRS'
   'Standard_RAGZRS'
 ])
-param skuName string = 'Standard_LRS'
+param replication string = 'Standard_GRS'
 
 @description('Blob containers to create (names).')
 param containerNames array
@@ -35,20 +35,16 @@ param logAnalyticsWorkspaceId string
 @maxValue(365)
 param softDeleteDays int = 7
 
-// checkov: see infra/README.md ("Checkov skips") for why each skip below is accepted.
-//checkov:skip=CKV_AZURE_35:No VNet in this design: Flex Consumption reaches storage over public endpoints with Entra ID auth (shared keys are off); lock down with VNet integration + private endpoints when needed.
-//checkov:skip=CKV_AZURE_59:Same as CKV_AZURE_35: public network access is required without VNet integration; anonymous access is impossible (allowBlobPublicAccess false, allowSharedKeyAccess false).
-//checkov:skip=CKV_AZURE_33:Queue service is not used by xboot (HTTP triggers only); blob data-plane logs go to Log Analytics through a diagnostic setting.
-//checkov:skip=CKV_AZURE_206:Replication is a parameter (skuName); LRS is the low-cost default, ZRS/GZRS are allowed values.
-//checkov:skip=CKV2_AZURE_1:Customer-managed keys add a Key Vault key lifecycle for no gain here; data is encrypted at rest with Microsoft-managed keys plus infrastructure (double) encryption.
-//checkov:skip=CKV2_AZURE_33:Private endpoint needs a VNet; see CKV_AZURE_35.
 resource storageAccount 'Microsoft.Storage/storageAccounts@2023-05-01' = {
+  // Accepted checkov findings; reasons also listed in infra/README.md ("Checkov skips").
+  //checkov:skip=CKV_AZURE_35:No VNet in this design: Flex Consumption reaches storage over public endpoints with Entra ID auth (shared keys are off); lock down with VNet integration + private endpoints when needed.
+  //checkov:skip=CKV_AZURE_59:Same as CKV_AZURE_35: public network access is required without VNet integration; anonymous access is impossible (allowBlobPublicAccess false, allowSharedKeyAccess false).
   name: name
   location: location
   tags: tags
   kind: 'StorageV2'
   sku: {
-    name: skuName
+    name: replication
   }
   properties: {
     accessTier: 'Hot'
