@@ -2,10 +2,16 @@
 
 Imported only by the modules of Azure-backed locations and stores, so a File deployment
 never loads azure-core or azure-identity.
+
+Retries happen inside the SDK pipeline and are bounded, because a device is waiting on
+the other end: at most `RETRY_TOTAL` retries, backoff 0.5 s, 1 s, 2 s (capped at
+`BACKOFF_MAX`), a server's Retry-After honoured only up to `MAX_RETRY_AFTER`, and
+`TOTAL_TIMEOUT` for the whole call. Beyond that the device gets a 503 with Retry-After.
 """
 
 from __future__ import annotations
 
+import random
 import threading
 from typing import Any, NoReturn
 
@@ -16,17 +22,18 @@ from azure.core.exceptions import (
     ServiceRequestError,
     ServiceResponseError,
 )
+from azure.core.pipeline.policies import RetryPolicy
 
 from xboot.errors import BackendUnavailable, ConfigurationError
 
-# Bounded: a device waits at most a few seconds before it gets a 503 with Retry-After.
-CLIENT_OPTIONS: dict[str, Any] = {
-    "retry_total": 3,
-    "retry_backoff_factor": 0.5,
-    "retry_backoff_max": 4,
-    "connection_timeout": 5,
-    "read_timeout": 15,
-}
+RETRY_TOTAL = 3
+BACKOFF_FACTOR = 0.5
+BACKOFF_MAX = 4.0
+MAX_RETRY_AFTER = 4  # seconds a throttled call may wait in-process; a longer Retry-After goes to the device
+TOTAL_TIMEOUT = 20  # seconds for one SDK call, retries included (Key Vault; Blob is bounded by its retries)
+CONNECTION_TIMEOUT = 5
+READ_TIMEOUT = 15
+DEFAULT_RETRY_AFTER = 5  # what the device is told when the backend gave no Retry-After
 
 _credential_lock = threading.Lock()
 _credential: Any = None
@@ -43,38 +50,77 @@ def credential() -> Any:
         return _credential
 
 
-def client_options() -> dict[str, Any]:
-    """Keyword arguments for every SDK client (tests add a transport here)."""
-    return dict(CLIENT_OPTIONS)
+def backoff_seconds(retry: int) -> float:
+    """Exponential backoff with ±20% jitter for the `retry`-th retry (1-based), capped at BACKOFF_MAX."""
+    return min(BACKOFF_MAX, BACKOFF_FACTOR * 2 ** (retry - 1)) * random.uniform(0.8, 1.2)
+
+
+class BoundedRetry(RetryPolicy):
+    """azure-core's RetryPolicy for Key Vault, with two changes that keep a device's wait bounded.
+
+    A Retry-After longer than MAX_RETRY_AFTER is not slept through: the 429 is returned at once
+    and its Retry-After reaches the device. POST is retried too: the only POST made here is the
+    Key Vault sign operation, which has no side effect.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("retry_total", RETRY_TOTAL)
+        kwargs.setdefault("retry_backoff_factor", BACKOFF_FACTOR)
+        kwargs.setdefault("retry_backoff_max", BACKOFF_MAX)
+        kwargs.setdefault("timeout", TOTAL_TIMEOUT)
+        super().__init__(**kwargs)
+        self._method_whitelist = frozenset([*self._method_whitelist, "POST"])
+
+    def is_retry(self, settings: dict[str, Any], response: Any) -> bool:
+        retry_after = self.get_retry_after(response)
+        if retry_after is not None and retry_after > MAX_RETRY_AFTER:
+            return False
+        return bool(super().is_retry(settings, response))
+
+
+def client_options(retry_policy: Any = None) -> dict[str, Any]:
+    """Keyword arguments for every SDK client; tests wrap this to add a transport.
+
+    Key Vault clients use BoundedRetry; Blob passes its own storage retry policy (the storage
+    SDK ignores azure-core's retry settings and would otherwise wait 15 s before its first retry).
+    """
+    return {
+        "retry_policy": retry_policy if retry_policy is not None else BoundedRetry(),
+        "connection_timeout": CONNECTION_TIMEOUT,
+        "read_timeout": READ_TIMEOUT,
+    }
 
 
 def _retry_after(error: HttpResponseError) -> int:
     response = getattr(error, "response", None)
     header = response.headers.get("Retry-After") if response is not None else None
     try:
-        return max(1, min(int(header), 300)) if header else 5
+        return max(1, min(int(header), 300)) if header else DEFAULT_RETRY_AFTER
     except ValueError:
-        return 5
+        return DEFAULT_RETRY_AFTER
 
 
-def raise_backend_error(error: Exception, service: str, setting: str, what: str) -> NoReturn:
-    """Map an SDK error to what the device and the operator should see: 503 if transient, else a config error."""
+def raise_backend_error(error: Exception, service: str, setting: str, what: str, role: str) -> NoReturn:
+    """Map an SDK error to what the device and the operator should see: 503 if transient, else a config error.
+
+    `role` names the Azure RBAC role that grants the access that was refused.
+    """
     if isinstance(error, ResourceNotFoundError):
         raise ConfigurationError(f"setting {setting}: {what} does not exist in {service}") from None
     if isinstance(error, ClientAuthenticationError):
         raise ConfigurationError(
-            f"{service}: authentication failed; check the managed identity or credential for {setting}"
+            f"{service}: authentication failed; check the managed identity or credential used for {setting}"
         ) from None
     if isinstance(error, HttpResponseError) and error.status_code in (401, 403):
         raise ConfigurationError(
-            f"{service}: access to {what} (setting {setting}) was denied; grant the app's identity a reader role"
+            f"{service}: access to {what} (setting {setting}) was denied; grant the app's identity {role}"
         ) from None
     if isinstance(error, HttpResponseError) and (error.status_code == 429 or (error.status_code or 0) >= 500):
         raise BackendUnavailable(
             f"{service} is busy or failing; retry later", retry_after=_retry_after(error)
         ) from None
     if isinstance(error, ServiceRequestError | ServiceResponseError):
-        raise BackendUnavailable(f"{service} is unreachable; retry later") from None
+        raise BackendUnavailable(f"{service} is unreachable; retry later", retry_after=DEFAULT_RETRY_AFTER) from None
     if isinstance(error, HttpResponseError):
         raise ConfigurationError(f"{service}: request for {what} (setting {setting}) failed") from None
     raise error

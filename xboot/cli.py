@@ -66,7 +66,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     for route in table.routes:
         methods = ",".join(sorted(route.methods)) if route.methods else "ALL"
-        print(f"  {route.name}: [{methods}] http://{args.host}:{args.port}{route.pattern.pattern}", file=sys.stderr)
+        print(f"  {route.name}: [{methods}] http://{args.host}:{args.port}{route.path}", file=sys.stderr)
     if keys.function is None and keys.admin is None:
         print(
             "auth levels are not enforced (like Core Tools); pass --function-key/--admin-key to enforce",

@@ -79,7 +79,10 @@ def load_private_key(data: bytes, password: bytes | None, setting: str) -> Priva
 
 
 def looks_like_pkcs12(data: bytes) -> bool:
-    """DER `PFX ::= SEQUENCE { version INTEGER (3), ... }`; keys start with version 0 or 1, certificates with a SEQUENCE."""
+    """DER `PFX ::= SEQUENCE { version INTEGER (3), ... }`.
+
+    Keys start with version 0 or 1, certificates with a SEQUENCE, so the first element tells them apart.
+    """
     if len(data) < 8 or data[0] != 0x30:
         return False
     header = 2 + (data[1] & 0x7F if data[1] & 0x80 else 0)

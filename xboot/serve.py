@@ -7,6 +7,7 @@ function key is given (`--function-key`, `--admin-key`).
 
 from __future__ import annotations
 
+import functools
 import hmac
 import json
 import logging
@@ -62,9 +63,16 @@ def _pattern(prefix: str, template: str) -> re.Pattern[str]:
     return re.compile(re.escape(prefix + "/") + regex + "/?" if template else re.escape(prefix) + "/?")
 
 
+@functools.cache
+def registered_functions(app: func.FunctionApp) -> tuple[Any, ...]:
+    """`app.get_functions()` may be called only once per app (a second call raises): keep its result."""
+    return tuple(app.get_functions())
+
+
 @dataclass(frozen=True)
 class Route:
     name: str
+    path: str  # the template as served, e.g. /api/install/v1/system-reports/{id}
     pattern: re.Pattern[str]
     methods: frozenset[str] | None  # None: every method
     auth_level: str
@@ -81,7 +89,7 @@ class RouteTable:
     @classmethod
     def from_app(cls, app: func.FunctionApp, prefix: str = "/api") -> RouteTable:
         routes = []
-        for function in app.get_functions():  # callable once per app: keep the result
+        for function in registered_functions(app):
             if not function.is_http_function():
                 continue
             trigger = function.get_trigger()
@@ -93,6 +101,7 @@ class RouteTable:
             routes.append(
                 Route(
                     name=function.get_function_name(),
+                    path=f"{prefix}/{template}",
                     pattern=_pattern(prefix, template),
                     methods=methods,
                     auth_level=level,

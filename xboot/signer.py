@@ -132,8 +132,6 @@ def check_ca_material(material: CaMaterial, now: dt.datetime) -> Signer:
         raise ConfigurationError(
             f"setting {setting}: the certificate is not a CA (basicConstraints CA:TRUE is missing)"
         )
-    if constraints.path_length is not None and constraints.path_length < 0:
-        raise ConfigurationError(f"setting {setting}: invalid pathLenConstraint")
     try:
         usage = certificate.extensions.get_extension_for_class(x509.KeyUsage).value
         if not usage.key_cert_sign:
