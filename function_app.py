@@ -2,8 +2,9 @@
 
 import azure.functions as func
 
-from xboot import api
+from xboot import api, est
 from xboot.http import respond
+from xboot.reports import api as reports
 from xboot.settings import Settings
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
@@ -12,3 +13,83 @@ app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 @app.route(route="certificate", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
 def certificate(req: func.HttpRequest) -> func.HttpResponse:
     return respond(lambda: api.enroll_certificate(req.get_body(), Settings.from_environ()))
+
+
+# EST (RFC 7030) under the route prefix: /api/.well-known/est/... (see README for serving /.well-known/est).
+@app.route(route=".well-known/est/cacerts", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+def est_cacerts(req: func.HttpRequest) -> func.HttpResponse:
+    return respond(lambda: est.cacerts(Settings.from_environ()))
+
+
+@app.route(route=".well-known/est/simpleenroll", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
+def est_simpleenroll(req: func.HttpRequest) -> func.HttpResponse:
+    return respond(lambda: est.simpleenroll(req.get_body(), Settings.from_environ()))
+
+
+@app.route(route=".well-known/est/simplereenroll", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
+def est_simplereenroll(req: func.HttpRequest) -> func.HttpResponse:
+    return respond(
+        lambda: est.simplereenroll(req.get_body(), req.headers.get(est.CLIENT_CERT_HEADER), Settings.from_environ())
+    )
+
+
+@app.route(route=".well-known/est/csrattrs", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+def est_csrattrs(req: func.HttpRequest) -> func.HttpResponse:
+    return respond(lambda: est.csrattrs())
+
+
+# Signed system and update reports (report-signing guide): Install API and the trust-anchor tenant configuration.
+@app.route(route="install/v1/system-reports", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
+def system_report_submit(req: func.HttpRequest) -> func.HttpResponse:
+    return respond(
+        lambda: reports.submit_report(
+            "system", req.get_body(), req.headers.get("Content-Type"), Settings.from_environ()
+        )
+    )
+
+
+@app.route(route="install/v1/system-reports", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
+def system_report_list(req: func.HttpRequest) -> func.HttpResponse:
+    return respond(lambda: reports.get_reports("system", req.params, Settings.from_environ()))
+
+
+@app.route(route="install/v1/system-reports/{id}", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
+def system_report_get(req: func.HttpRequest) -> func.HttpResponse:
+    return respond(lambda: reports.get_report("system", req.route_params["id"], Settings.from_environ()))
+
+
+@app.route(route="install/v1/update-reports", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
+def update_report_submit(req: func.HttpRequest) -> func.HttpResponse:
+    return respond(
+        lambda: reports.submit_report(
+            "update", req.get_body(), req.headers.get("Content-Type"), Settings.from_environ()
+        )
+    )
+
+
+@app.route(route="install/v1/update-reports", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
+def update_report_list(req: func.HttpRequest) -> func.HttpResponse:
+    return respond(lambda: reports.get_reports("update", req.params, Settings.from_environ()))
+
+
+@app.route(route="install/v1/update-reports/{id}", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
+def update_report_get(req: func.HttpRequest) -> func.HttpResponse:
+    return respond(lambda: reports.get_report("update", req.route_params["id"], Settings.from_environ()))
+
+
+@app.route(
+    route="mgmt/v1/tenant-config/soup.report.validation.trusted.cert.fingerprints",
+    methods=["GET"],
+    auth_level=func.AuthLevel.ADMIN,
+)
+def trusted_fingerprints_get(req: func.HttpRequest) -> func.HttpResponse:
+    return respond(lambda: reports.get_trusted_fingerprints(Settings.from_environ()))
+
+
+@app.route(
+    route="mgmt/v1/tenant-config/soup.report.validation.trusted.cert.fingerprints",
+    methods=["POST"],
+    auth_level=func.AuthLevel.ADMIN,
+)
+def trusted_fingerprints_set(req: func.HttpRequest) -> func.HttpResponse:
+    return respond(lambda: reports.set_trusted_fingerprints(req.get_body(), Settings.from_environ()))

@@ -17,7 +17,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -135,27 +134,28 @@ def parsed_all() -> dict[str, dict[str, Any]]:
     """{path: {"tree": ...} or {"error": ...}} for every .bicep file under infra/."""
     names = [str(p) for p in BICEP_FILES]
     try:
-        import pycep  # noqa: F401
+        from pycep import BicepParser
     except ImportError:
-        python = None
-        checkov = checkov_path()
-        if checkov is not None:
-            candidate = checkov.parent / "python"
-            python = str(candidate) if candidate.exists() else None
-        if python is None:
-            pytest.fail(f"pycep-parser is not installed here and no checkov environment was found. {SETUP_HINT}")
-        done = subprocess.run(
-            [python, "-c", _PARSE_SCRIPT, *names], capture_output=True, text=True, timeout=300, check=False
-        )
-        if done.returncode != 0:
-            pytest.fail(f"pycep-parser in {python} failed:\n{done.stderr[-3000:]}")
-        return json.loads(done.stdout)
+        pass
     else:
-        return json.loads(
-            subprocess.run(
-                [sys.executable, "-c", _PARSE_SCRIPT, *names], capture_output=True, text=True, timeout=300, check=True
-            ).stdout
-        )
+        out: dict[str, dict[str, Any]] = {}
+        for name in names:
+            try:
+                out[name] = {"tree": BicepParser().parse(file_path=Path(name))}
+            except Exception as error:  # pycep raises assorted lark and ValueError errors
+                out[name] = {"error": f"{type(error).__name__}: {error}"}
+        return out
+    # No pycep-parser in this environment: use the one installed with checkov.
+    checkov = checkov_path()
+    python = checkov.parent / "python" if checkov is not None else None
+    if python is None or not python.exists():
+        pytest.fail(f"pycep-parser is not installed here and no checkov environment was found. {SETUP_HINT}")
+    done = subprocess.run(
+        [str(python), "-c", _PARSE_SCRIPT, *names], capture_output=True, text=True, timeout=300, check=False
+    )
+    if done.returncode != 0:
+        pytest.fail(f"pycep-parser in {python} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout)
 
 
 def tree(path: Path) -> dict[str, Any]:
@@ -249,6 +249,8 @@ class Scope:
                 return bool(self.value(operands["operand_1"])) and bool(self.value(operands["operand_2"]))
             if kind == "not":
                 return not self.value(operands["bool_value"])
+            if kind == "property_accessor":
+                return expr  # a runtime value (resource property, module output): kept as written
             if kind == "index_accessor":
                 return self.value(operands["operand_1"])[self.value(operands["operand_2"])]
             raise AssertionError(f"operator {kind} not understood by the test evaluator")
@@ -287,19 +289,19 @@ def test_bicep_file_parses(path: Path) -> None:
 
 
 def test_modules_resolve_and_receive_only_declared_params() -> None:
-    for name, module in tree(MAIN)["modules"].items():
+    for name in tree(MAIN)["modules"]:
         path = module_file(name)
         assert path.is_file(), f"module {name}: {path} missing"
         declared = set(tree(path).get("parameters", {}))
         passed = set(module_params(name))
         assert passed <= declared, f"module {name} passes undeclared params {passed - declared}"
-        required = {n for n, p in tree(path)["parameters"].items() if "default" not in p}
+        required = {n for n, p in tree(path)["parameters"].items() if p.get("default") is None}
         assert required <= passed, f"module {name} misses required params {required - passed}"
 
 
 def test_parameters_file_matches_main() -> None:
     params = tree(MAIN)["parameters"]
-    values = json.loads((INFRA / "main.parameters.json").read_text())["parameters"]
+    values = json.loads((INFRA / "main.parameters.json").read_text(encoding="utf-8"))["parameters"]
     assert set(values) <= set(params), f"unknown parameters {set(values) - set(params)}"
     key_location = params["keyLocation"]
     allowed = next(d["argument"] for d in key_location["decorators"] if d["type"] == "allowed")
@@ -332,7 +334,8 @@ def test_function_app_is_linux_python_311_flex_consumption() -> None:
     path, site = only("Microsoft.Web/sites")
     assert "linux" in site["kind"] and "functionapp" in site["kind"]
     config = site["properties"]["functionAppConfig"]
-    runtime = Scope(path, {"pythonVersion": module_params("functionApp").get("pythonVersion")}).value(config["runtime"])
+    passed = {k: v for k, v in module_params("functionApp").items() if k == "pythonVersion"}
+    runtime = Scope(path, passed).value(config["runtime"])
     assert runtime == {"name": "python", "version": "3.11"}
     storage = config["deployment"]["storage"]
     assert storage["type"] == "blobContainer"
@@ -525,8 +528,8 @@ def test_certificate_settings_follow_key_location(
 
 
 def test_no_secrets_in_templates() -> None:
-    for path in BICEP_FILES + [INFRA / "main.parameters.json"]:
-        text = path.read_text().lower()
+    for path in [*BICEP_FILES, INFRA / "main.parameters.json"]:
+        text = path.read_text(encoding="utf-8").lower()
         for marker in SECRET_MARKERS:
             assert marker not in text, f"{path.relative_to(ROOT)} contains {marker!r}"
     for key_location in KEY_LOCATIONS:
@@ -544,13 +547,13 @@ SKIP_COMMENT = re.compile(r"checkov:skip=([A-Z0-9_]+):(.+)")
 def skips_in_templates() -> dict[str, str]:
     found: dict[str, str] = {}
     for path in BICEP_FILES:
-        for match in SKIP_COMMENT.finditer(path.read_text()):
+        for match in SKIP_COMMENT.finditer(path.read_text(encoding="utf-8")):
             found[match.group(1)] = match.group(2).strip()
     return found
 
 
 def skips_in_readme() -> set[str]:
-    text = (INFRA / "README.md").read_text()
+    text = (INFRA / "README.md").read_text(encoding="utf-8")
     section = text.split("## Checkov skips", 1)
     assert len(section) == 2, "infra/README.md needs a '## Checkov skips' section"
     body_text = section[1].split("\n## ", 1)[0]
@@ -569,7 +572,7 @@ def test_every_checkov_skip_is_justified_and_documented() -> None:
 def checkov_report() -> dict[str, Any]:
     checkov = require_checkov()
     done = subprocess.run(
-        [str(checkov), "-d", str(INFRA), "--framework", "bicep", "-o", "json", "--skip-download", "--quiet"],
+        [str(checkov), "-d", str(INFRA), "--framework", "bicep", "-o", "json", "--skip-download"],
         capture_output=True,
         text=True,
         timeout=600,
@@ -583,6 +586,9 @@ def checkov_report() -> dict[str, Any]:
     except json.JSONDecodeError:
         pytest.fail(f"checkov printed no JSON:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
     reports = report if isinstance(report, list) else [report]
+    if len(reports) == 1 and "check_type" not in reports[0] and "parsing_errors" in reports[0]:
+        # Nothing scanned (e.g. no file parsed): checkov prints only a bare summary.
+        return {"summary": reports[0], "results": {"passed_checks": [], "failed_checks": [], "skipped_checks": []}}
     bicep = [r for r in reports if r.get("check_type") == "bicep"]
     assert len(bicep) == 1, f"no bicep report in checkov output: {[r.get('check_type') for r in reports]}"
     return bicep[0]
@@ -621,15 +627,18 @@ def az_bicep_available() -> bool:
 @pytest.mark.skipif(
     not az_bicep_available(), reason="az CLI with Bicep is not installed (its installer downloads a binary)"
 )
-@pytest.mark.parametrize("path", BICEP_FILES, ids=lambda p: str(p.relative_to(INFRA)))
-def test_az_bicep_build(path: Path, tmp_path: Path) -> None:
+def test_az_bicep_build(tmp_path: Path) -> None:
     az = shutil.which("az")
     assert az is not None
-    done = subprocess.run(
-        [az, "bicep", "build", "--file", str(path), "--outfile", str(tmp_path / "out.json")],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
+    failures = []
+    for path in BICEP_FILES:
+        done = subprocess.run(
+            [az, "bicep", "build", "--file", str(path), "--outfile", str(tmp_path / f"{path.stem}.json")],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        if done.returncode != 0:
+            failures.append(f"{path.relative_to(ROOT)}:\n{done.stderr}")
+    assert not failures, "\n".join(failures)

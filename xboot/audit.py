@@ -11,7 +11,6 @@ import json
 
 from xboot.errors import BackendUnavailable
 from xboot.issuance import IssuedCertificate
-from xboot.pki import certificates_to_pem
 from xboot.storage import ObjectStore
 
 
@@ -25,13 +24,13 @@ def record_issuance(store: ObjectStore, issued: IssuedCertificate, issued_at: dt
         "serialNumber": issued.serial_number,
         "sha256Fingerprint": issued.fingerprint,
         "subject": issued.certificate.subject.rfc4514_string(),
-        "issuer": issued.certificate.issuer.rfc4514_string(),
+        "issuer": issued.signer.subject_text,
         "notBefore": issued.certificate.not_valid_before_utc.isoformat(),
         "notAfter": issued.not_after.isoformat(),
         "issuedAt": issued_at.isoformat(),
-        "certificate": certificates_to_pem([issued.certificate]),
+        "certificate": issued.pem,
     }
-    data = json.dumps(record, indent=1).encode("utf-8")
+    data = json.dumps(record).encode("utf-8")  # no indent: it forces json's pure-Python encoder
     if not store.create(audit_key(issued.registration_id, issued.serial_number), data):
         # 128 random bits colliding means something is badly wrong: issue nothing.
         raise BackendUnavailable("audit record collision; retry")

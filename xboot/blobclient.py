@@ -5,34 +5,51 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from xboot.azure import client_options, credential
+from azure.storage.blob import BlobServiceClient, ExponentialRetry
+
+from xboot import azure as sdk
 from xboot.errors import ConfigurationError
 from xboot.settings import Settings
 
 _lock = threading.Lock()
-_clients: dict[tuple[str, str], Any] = {}
+_clients: dict[tuple[str, str], BlobServiceClient] = {}
+
+
+class StorageRetry(ExponentialRetry):
+    """The storage SDK's retry policy with xboot's bounded backoff (its default waits 15 s, 18 s, 24 s)."""
+
+    def __init__(self) -> None:
+        super().__init__(retry_total=sdk.RETRY_TOTAL, retry_to_secondary=False)
+
+    def get_backoff_time(self, settings: dict[str, Any]) -> float:
+        return sdk.backoff_seconds(settings["count"])
 
 
 def blob_service_client(settings: Settings, connection_setting: str, url_setting: str, purpose: str) -> Any:
-    """A client per distinct endpoint, kept for the process: its connection pool is worth reusing."""
-    from azure.storage.blob import BlobServiceClient
+    """A client per distinct endpoint, kept for the process: its connection pool is worth reusing.
 
+    A connection string carries its own key or SAS; an account URL is used with the app's
+    managed identity (DefaultAzureCredential), which needs a Storage Blob Data role.
+    """
     connection_string = settings.raw(connection_setting)
     account_url = settings.get(url_setting)
     if connection_string:
-        key = ("connection", connection_string)
+        key = ("connection", connection_string.strip())
     elif account_url:
+        if not account_url.lower().startswith("https://"):
+            raise ConfigurationError(f"setting {url_setting} must start with https:// (a token needs TLS)")
         key = ("url", account_url)
     else:
         raise ConfigurationError(f"setting {connection_setting} or {url_setting} is required {purpose}")
     with _lock:
         client = _clients.get(key)
         if client is None:
+            options = sdk.client_options(StorageRetry())
             try:
                 if key[0] == "connection":
-                    client = BlobServiceClient.from_connection_string(key[1], **client_options())
+                    client = BlobServiceClient.from_connection_string(key[1], **options)
                 else:
-                    client = BlobServiceClient(key[1], credential=credential(), **client_options())
+                    client = BlobServiceClient(key[1], credential=sdk.credential(), **options)
             except ValueError:
                 setting = connection_setting if key[0] == "connection" else url_setting
                 raise ConfigurationError(f"setting {setting}: not a valid Blob storage endpoint") from None

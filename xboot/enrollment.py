@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime as dt
 import logging
 
+from cryptography import x509
+
 from xboot.audit import record_issuance
 from xboot.errors import BadRequest, Forbidden
 from xboot.issuance import IssuedCertificate, build_certificate, check_csr, parse_csr
@@ -21,7 +23,12 @@ def enroll(registration_id: object, csr_text: object, settings: Settings) -> Iss
     registration_id = validate_registration_id(registration_id)
     if not isinstance(csr_text, str) or not csr_text.strip():
         raise BadRequest("Csr is required (base64 DER or PEM PKCS#10)", code="invalid_csr")
-    csr = parse_csr(csr_text)
+    return enroll_csr(registration_id, parse_csr(csr_text), settings)
+
+
+def enroll_csr(registration_id: str, csr: x509.CertificateSigningRequest, settings: Settings) -> IssuedCertificate:
+    """The same path for a CSR its caller already parsed (EST reads the registration ID out of the CSR)."""
+    registration_id = validate_registration_id(registration_id)
     key = check_csr(csr, registration_id)
     if not load_registration_policy(settings)(registration_id, csr):
         raise Forbidden(f"registration {registration_id} is not allowed to enroll", code="registration_refused")

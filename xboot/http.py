@@ -67,7 +67,7 @@ def error_body(error: XbootError) -> dict[str, str]:
 def _encode(response: ApiResponse) -> bytes:
     if isinstance(response.body, bytes):
         return response.body
-    return json.dumps(response.body, indent=1).encode("utf-8")
+    return json.dumps(response.body).encode("utf-8")  # no indent: it forces json's pure-Python encoder
 
 
 def _where(exc: BaseException) -> str:

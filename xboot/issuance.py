@@ -11,6 +11,7 @@ import binascii
 import datetime as dt
 import secrets
 from dataclasses import dataclass
+from functools import cached_property
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -131,9 +132,15 @@ class IssuedCertificate:
     def serial_number(self) -> str:
         return format(self.certificate.serial_number, "X")
 
-    @property
+    @cached_property
     def fingerprint(self) -> str:
+        """Cached: the audit record and the response both carry it."""
         return sha256_fingerprint(self.certificate)
+
+    @cached_property
+    def pem(self) -> str:
+        """Cached: the audit record and the response chain both carry it."""
+        return certificates_to_pem([self.certificate])
 
     @property
     def not_after(self) -> dt.datetime:
@@ -143,4 +150,4 @@ class IssuedCertificate:
         return base64.b64encode(self.certificate.public_bytes(serialization.Encoding.DER)).decode("ascii")
 
     def chain_pem(self) -> str:
-        return certificates_to_pem([self.certificate]) + self.signer.chain_pem
+        return self.pem + self.signer.chain_pem

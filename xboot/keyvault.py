@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from xboot.azure import client_options, credential
+from xboot import azure as sdk
 from xboot.errors import ConfigurationError
 from xboot.settings import Settings
 
@@ -38,6 +38,6 @@ def client(kind: str, settings: Settings) -> Any:
             from azure.keyvault.certificates import CertificateClient as Client
         else:
             from azure.keyvault.keys import KeyClient as Client
-        created = Client(url, credential(), **client_options())
+        created = Client(url, sdk.credential(), **sdk.client_options())
         _clients[(kind, url)] = created
         return created

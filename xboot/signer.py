@@ -90,6 +90,11 @@ class Signer:
     def fingerprint(self) -> str:
         return sha256_fingerprint(self.certificate)
 
+    @cached_property
+    def subject_text(self) -> str:
+        """The CA's subject as RFC 4514 text: every leaf's issuer, rendered once per signer, not per certificate."""
+        return self.certificate.subject.rfc4514_string()
+
 
 def _spki(key: PublicKey) -> bytes:
     return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
@@ -173,7 +178,7 @@ class _SignerCache:
             signer = check_ca_material(material, dt.datetime.now(dt.UTC))
             log.info(
                 "loaded issuing CA %s (%s) from Location %s",
-                signer.certificate.subject.rfc4514_string(),
+                signer.subject_text,
                 signer.fingerprint,
                 entry.name,
             )

@@ -100,7 +100,8 @@ resource appTelemetry 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   }
 }
 
-// KeyVault and KeyVaultKey: read the CA certificate (public part and chain).
+// KeyVault and KeyVaultKey: read the CA certificate (public part and chain). This built-in
+// role also reads secret values, which is why the vault should hold only xboot's CA.
 resource appCertificateUser 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (usesKeyVault) {
   name: guid(vault.id, appPrincipalId, keyVaultCertificateUserRoleId)
   scope: vault
@@ -113,6 +114,7 @@ resource appCertificateUser 'Microsoft.Authorization/roleAssignments@2022-04-01'
 }
 
 // KeyVault: the exportable CA key is read through the certificate's backing secret.
+// (Certificate User covers getSecret too; this states the need explicitly.)
 resource appSecretsUser 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (keyLocation == 'KeyVault') {
   name: guid(vault.id, appPrincipalId, keyVaultSecretsUserRoleId)
   scope: vault

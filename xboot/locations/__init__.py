@@ -42,6 +42,7 @@ REGISTRY: dict[str, LocationEntry] = {
             "Blob", 2, "xboot.locations.blob", ("BlobConnectionString", "BlobAccountUrl", "BlobContainerName", *_COMMON)
         ),
         LocationEntry("AppSettings", 3, "xboot.locations.appsettings", _COMMON),
+        LocationEntry("KeyVaultKey", 4, "xboot.locations.keyvaultkey", ("KeyVaultName", "KeyVaultUri", *_COMMON)),
     )
 }
 

@@ -17,6 +17,8 @@ from xboot.locations._material import material_from_bytes
 from xboot.settings import Settings
 from xboot.signer import CaMaterial
 
+_ROLE = "the Storage Blob Data Reader role on the container"
+
 
 def _download(container: Any, settings: Settings, name: str) -> bytes | None:
     blob = settings.get(name)
@@ -24,10 +26,16 @@ def _download(container: Any, settings: Settings, name: str) -> bytes | None:
         return None
     try:
         return container.download_blob(blob).readall()
-    except ResourceNotFoundError:
-        raise ConfigurationError(f"setting {name}: blob {blob} does not exist in container") from None
+    except ResourceNotFoundError as error:
+        if getattr(error, "error_code", None) == "ContainerNotFound":
+            raise ConfigurationError(
+                f"setting BlobContainerName: container {container.container_name} does not exist"
+            ) from None
+        raise ConfigurationError(
+            f"setting {name}: blob {blob} does not exist in container {container.container_name}"
+        ) from None
     except AzureError as error:
-        raise_backend_error(error, "Blob storage", name, f"blob {blob}")
+        raise_backend_error(error, "Blob storage", name, f"blob {blob}", _ROLE)
 
 
 def load(settings: Settings) -> CaMaterial:

@@ -32,7 +32,9 @@ def load(settings: Settings) -> CaMaterial:
     try:
         secret = keyvault.client("secrets", settings).get_secret(name)
     except AzureError as error:
-        raise_backend_error(error, "Key Vault", "CertificateFile", f"certificate {name}")
+        raise_backend_error(
+            error, "Key Vault", "CertificateFile", f"certificate {name}", "the Key Vault Secrets User role"
+        )
     value: str = secret.value or ""
     if value.lstrip().startswith("-----BEGIN"):  # content type application/x-pem-file
         data = value.encode("ascii", "replace")

@@ -8,9 +8,9 @@ then to the Functions runtime's own `AzureWebJobsStorage` connection string.
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import Any, NoReturn
 
-from azure.core.exceptions import AzureError, ResourceExistsError, ResourceNotFoundError
+from azure.core.exceptions import AzureError, ResourceExistsError, ResourceNotFoundError, ServiceRequestError
 
 from xboot.azure import raise_backend_error
 from xboot.blobclient import blob_service_client
@@ -18,6 +18,7 @@ from xboot.settings import Settings
 from xboot.storage import check_key
 
 DEFAULT_CONTAINER = "xboot-data"
+_ROLE = "the Storage Blob Data Contributor role"
 
 
 class BlobStore:
@@ -36,22 +37,31 @@ class BlobStore:
                     except ResourceExistsError:
                         pass
                     except AzureError as error:
-                        raise_backend_error(error, "Blob storage", self._setting, "the data container")
+                        raise_backend_error(error, "Blob storage", self._setting, "the data container", _ROLE)
                     self._ready = True
         return self._container
 
-    def _fail(self, error: AzureError, key: str) -> None:
-        raise_backend_error(error, "Blob storage", self._setting, f"object {key}")
+    def _fail(self, error: AzureError, key: str) -> NoReturn:
+        raise_backend_error(error, "Blob storage", self._setting, f"object {key}", _ROLE)
 
     def create(self, key: str, data: bytes) -> bool:
+        """Put Blob with If-None-Match: *, so the service decides atomically who wrote first.
+
+        A retry after a lost response (the write may have landed) meets our own blob: if it
+        holds exactly our bytes, the write was this call's.
+        """
+        maybe_written: list[bool] = []
+
+        def on_retry(**attempt: Any) -> None:
+            maybe_written.append(not isinstance(attempt.get("error"), ServiceRequestError))
+
         try:
-            self._client().upload_blob(check_key(key), data, overwrite=False)
+            self._client().upload_blob(check_key(key), data, overwrite=False, retry_hook=on_retry)
             return True
         except ResourceExistsError:
-            return False
+            return any(maybe_written) and self.read(key) == data
         except AzureError as error:
             self._fail(error, key)
-            raise
 
     def replace(self, key: str, data: bytes) -> None:
         try:
@@ -61,12 +71,12 @@ class BlobStore:
 
     def read(self, key: str) -> bytes | None:
         try:
-            return self._client().download_blob(check_key(key)).readall()
+            data: bytes = self._client().download_blob(check_key(key)).readall()
+            return data
         except ResourceNotFoundError:
             return None
         except AzureError as error:
             self._fail(error, key)
-            raise
 
     def delete(self, key: str) -> None:
         try:

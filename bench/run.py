@@ -1,0 +1,79 @@
+"""`python -m bench [--quick] [--json PATH] [--only PARTS]`: run the benchmarks, print a table, write JSON.
+
+Parts: issuance (1, 2), reports (3), http (4), coldstart (5), backends (6). See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.timing import loadavg, machine
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_JSON = ROOT / "bench" / "results" / "latest.json"
+PARTS = {
+    "issuance": ("1-2. Issuance per certificate: in-process vs floor vs openssl CLI", "bench.issuance"),
+    "reports": ("3. Report verification per report: in-process vs floor vs openssl cms -verify", "bench.reports"),
+    "http": ("4. HTTP through `xboot serve` (EC P-256 dev CA, audit on disk)", "bench.http_load"),
+    "coldstart": ("5. Cold start: fresh process per sample", "bench.coldstart"),
+    "backends": ("6. Backend calls per 1,000 issuances", "bench.backends"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer iterations (about a minute)")
+    parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help=f"where to write results (default {DEFAULT_JSON})")
+    parser.add_argument("--only", default=",".join(PARTS), help=f"comma-separated parts (default all: {','.join(PARTS)})")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    selected = [p.strip() for p in args.only.split(",") if p.strip()]
+    unknown = [p for p in selected if p not in PARTS]
+    if unknown:
+        print(f"unknown part(s): {', '.join(unknown)}; choose from {', '.join(PARTS)}", file=sys.stderr)
+        return 2
+    document: dict[str, Any] = {
+        "mode": "quick" if args.quick else "full",
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "loadavg_start": loadavg(),
+        "machine": machine(),
+        "parts": {},
+    }
+    lines: list[str] = []
+    began = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="xboot-bench-") as scratch:
+        for name in selected:
+            title, module_name = PARTS[name]
+            module = importlib.import_module(module_name)
+            print(f"running {name} ...", file=sys.stderr, flush=True)
+            part_began = time.monotonic()
+            work = Path(scratch) / name
+            work.mkdir()
+            result = module.run(work, args.quick)
+            document["parts"][name] = {"seconds": round(time.monotonic() - part_began, 1), "result": result}
+            lines += ["", f"== {title} ==", *module.table(result)]
+    document["loadavg_end"] = loadavg()
+    document["seconds"] = round(time.monotonic() - began, 1)
+    m = document["machine"]
+    header = [
+        f"xboot benchmarks ({document['mode']}), {document['started']}, {document['seconds']} s",
+        f"machine: {m['cpu_model']}, {m['cores']} cores; Python {m['python']}; cryptography {m['cryptography']} "
+        f"({m['cryptography_openssl']}); CLI {m['openssl_cli']}",
+        f"loadavg (1/5/15 min): start {document['loadavg_start']}, end {document['loadavg_end']}",
+        "times in microseconds: median, p99; ratios are of medians",
+    ]
+    print("\n".join(header + lines))
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(document, indent=1) + "\n")
+    print(f"\nwrote {args.json}", file=sys.stderr)
+    return 0

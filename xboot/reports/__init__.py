@@ -1,0 +1,1 @@
+"""Signed system and update reports: S/MIME in, verified against trusted fingerprints, stored."""
