@@ -1,0 +1,261 @@
+"""Backend faults: the device gets a 503 with Retry-After after bounded retries, and nothing is half-written.
+
+Blob faults are real: Azurite is stopped mid-run, or a loopback proxy in front of it loses a
+response after Azurite committed the write. Key Vault faults come from the REST double (429 with
+Retry-After, 500, connection failure), retried by the SDK's own pipeline with xboot's policy.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import selectors
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from azure.storage.blob import BlobServiceClient
+
+import xboot.azure
+from tests.backend_helpers import CaFiles, enroll
+from tests.conftest import Functions, Reply
+from tests.fixtures.azurite import ACCOUNT, Azurite
+from tests.fixtures.keyvault_double import VaultHarness
+from tests.fixtures.xboot_pki import OpensslCa
+
+CERT_NAME = "xboot-issuing-ca"
+ATTEMPTS = 1 + xboot.azure.RETRY_TOTAL
+
+
+def _audit_serials(azurite: Azurite, container: str) -> set[str]:
+    client = BlobServiceClient.from_connection_string(azurite.connection_string).get_container_client(container)
+    return {json.loads(client.download_blob(name).readall())["serialNumber"] for name in client.list_blob_names()}
+
+
+def _assert_503(reply: Reply, retry_after: str) -> None:
+    assert reply.status == 503, reply.body
+    assert reply.headers["Retry-After"] == retry_after
+    assert reply.json()["error"] == "backend_unavailable"
+    assert "certificate" not in reply.json()
+
+
+@pytest.fixture
+def data_on_own_azurite(app_env, own_azurite: Azurite, azure_caches, monkeypatch) -> str:
+    """DataStore Blob on an Azurite this test may stop; the CA stays in files."""
+    container = "audit"
+    monkeypatch.setenv("DataStore", "Blob")
+    monkeypatch.setenv("DataBlobConnectionString", own_azurite.connection_string)
+    monkeypatch.setenv("DataBlobContainer", container)
+    return container
+
+
+def test_azurite_stopped_mid_run(data_on_own_azurite: str, own_azurite: Azurite, functions: Functions, tmp_path):
+    before = enroll(functions, tmp_path / "a", "device-a")
+    assert before.status == 200, before.body
+
+    own_azurite.stop()
+    started = time.monotonic()
+    during = enroll(functions, tmp_path / "b", "device-b")
+    elapsed = time.monotonic() - started
+
+    _assert_503(during, str(xboot.azure.DEFAULT_RETRY_AFTER))
+    # Three retries at 0.5 s, 1 s, 2 s (±20%): waited, but boundedly.
+    assert 2.5 < elapsed < 10, elapsed
+
+    own_azurite.start()  # same port, same data
+    after = enroll(functions, tmp_path / "c", "device-c")
+    assert after.status == 200, after.body
+    # The certificate signed while storage was down was never returned, and left no record.
+    expected = {before.json()["serialNumber"], after.json()["serialNumber"]}
+    assert _audit_serials(own_azurite, data_on_own_azurite) == expected
+
+
+def test_location_blob_unreachable_at_load(
+    app_env, own_azurite: Azurite, azure_caches, rsa_ca: OpensslCa, functions: Functions, monkeypatch, tmp_path
+):
+    service = BlobServiceClient.from_connection_string(own_azurite.connection_string)
+    container = service.create_container("keys")
+    container.upload_blob("ia.cer", rsa_ca.cert.read_bytes())
+    container.upload_blob("ia.key", rsa_ca.key.read_bytes())
+    monkeypatch.delenv("CertificateChainFile")
+    monkeypatch.setenv("Location", "Blob")
+    monkeypatch.setenv("BlobConnectionString", own_azurite.connection_string)
+    monkeypatch.setenv("BlobContainerName", "keys")
+    monkeypatch.setenv("CertificateFile", "ia.cer")
+    monkeypatch.setenv("PrivateKeyFile", "ia.key")
+    monkeypatch.setenv("DataStore", "File")
+
+    own_azurite.stop()
+    _assert_503(enroll(functions, tmp_path / "a", "device-a"), "5")
+    assert not list(Path(app_env["DataDirectory"]).rglob("*.json"))
+
+    own_azurite.start()
+    assert enroll(functions, tmp_path / "b", "device-b").status == 200
+
+
+class ResponseDroppingProxy:
+    """A loopback TCP proxy to Azurite that, when armed, forwards one audit-record PUT and loses its response.
+
+    That is the one fault a retry cannot see through: the write is committed, the client only
+    knows the connection broke.
+    """
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.armed = threading.Event()
+        self.dropped = 0
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.port = self._server.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._server.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._pipe, args=(client,), daemon=True).start()
+
+    def _pipe(self, client: socket.socket) -> None:
+        upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+        selector = selectors.DefaultSelector()
+        selector.register(client, selectors.EVENT_READ, upstream)
+        selector.register(upstream, selectors.EVENT_READ, client)
+        dropping = False
+        try:
+            while True:
+                for key, _ in selector.select():
+                    source: socket.socket = key.fileobj  # type: ignore[assignment]
+                    data = source.recv(65536)
+                    if not data:
+                        return
+                    audit_put = data.startswith(b"PUT ") and b"/certificates/" in data.split(b"\r\n")[0]
+                    if source is client and audit_put and self.armed.is_set():
+                        self.armed.clear()
+                        dropping = True
+                    if source is upstream and dropping:
+                        self.dropped += 1
+                        return  # Azurite answered; the client never hears it
+                    key.data.sendall(data)
+        finally:
+            selector.close()
+            client.close()
+            upstream.close()
+
+    def close(self) -> None:
+        self._server.close()
+
+
+@pytest.fixture
+def dropping_proxy(own_azurite: Azurite) -> Iterator[ResponseDroppingProxy]:
+    proxy = ResponseDroppingProxy(own_azurite.port)
+    yield proxy
+    proxy.close()
+
+
+def test_lost_response_leaves_no_orphan_record(
+    data_on_own_azurite: str,
+    own_azurite: Azurite,
+    dropping_proxy: ResponseDroppingProxy,
+    functions,
+    monkeypatch,
+    tmp_path,
+):
+    """The retry meets the blob its own first attempt wrote: the device still gets that certificate."""
+    endpoint = f"http://127.0.0.1:{dropping_proxy.port}/{ACCOUNT}"
+    monkeypatch.setenv(
+        "DataBlobConnectionString", own_azurite.connection_string.replace(own_azurite.account_url, endpoint)
+    )
+    first = enroll(functions, tmp_path / "a", "device-a")
+    assert first.status == 200, first.body
+
+    dropping_proxy.armed.set()
+    second = enroll(functions, tmp_path / "b", "device-b")
+
+    assert dropping_proxy.dropped == 1
+    assert second.status == 200, second.body
+    # Exactly one record per certificate returned, and none for anything the devices did not get.
+    expected = {first.json()["serialNumber"], second.json()["serialNumber"]}
+    assert _audit_serials(own_azurite, data_on_own_azurite) == expected
+
+
+@pytest.fixture
+def kv_env(app_env, vault: VaultHarness, ec_ca: OpensslCa, monkeypatch) -> VaultHarness:
+    ca = CaFiles.load(ec_ca)
+    vault.double.add_certificate(CERT_NAME, ca.certificate, ca.key, (ca.root,), exportable=True)
+    for name in ("PrivateKeyFile", "CertificateChainFile"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("KeyVaultName", "xboot-test")
+    monkeypatch.setenv("CertificateFile", CERT_NAME)
+    monkeypatch.setenv("Location", "KeyVault")
+    return vault
+
+
+def _gaps(attempts: list[tuple[float, int]]) -> list[float]:
+    return [later[0] - earlier[0] for earlier, later in itertools.pairwise(attempts)]
+
+
+def test_key_vault_throttled_then_503_with_its_retry_after(kv_env: VaultHarness, functions, tmp_path):
+    kv_env.double.fail(429, "/secrets/", retry_after="1")
+
+    started = time.monotonic()
+    reply = enroll(functions, tmp_path / "a", "device-a")
+    elapsed = time.monotonic() - started
+
+    _assert_503(reply, "1")
+    attempts = kv_env.double.attempts("GET", "/secrets/")
+    assert [status for _, status in attempts] == [429] * ATTEMPTS
+    assert all(gap >= 0.95 for gap in _gaps(attempts))  # the SDK honoured Retry-After between attempts
+    assert elapsed < 6, elapsed
+
+
+def test_key_vault_throttling_that_clears_is_invisible(kv_env: VaultHarness, functions, tmp_path):
+    kv_env.double.fail(429, "/secrets/", times=2, retry_after="1")
+    reply = enroll(functions, tmp_path / "a", "device-a")
+    assert reply.status == 200, reply.body
+    assert [status for _, status in kv_env.double.attempts("GET", "/secrets/")] == [429, 429, 200]
+
+
+def test_key_vault_long_retry_after_goes_to_the_device(kv_env: VaultHarness, functions, tmp_path):
+    kv_env.double.fail(429, "/secrets/", retry_after="120")
+
+    started = time.monotonic()
+    reply = enroll(functions, tmp_path / "a", "device-a")
+
+    _assert_503(reply, "120")
+    assert len(kv_env.double.attempts("GET", "/secrets/")) == 1  # not slept through inside the request
+    assert time.monotonic() - started < 1
+
+
+@pytest.fixture
+def kvk_env(kv_env: VaultHarness, monkeypatch) -> VaultHarness:
+    monkeypatch.setenv("Location", "KeyVaultKey")
+    return kv_env
+
+
+@pytest.mark.parametrize(
+    ("status", "retry_after"), [(500, None), (0, None), (429, "2")], ids=["500", "unreachable", "429"]
+)
+def test_key_vault_sign_failure_mid_run(
+    status, retry_after, kvk_env: VaultHarness, app_env, functions: Functions, tmp_path
+):
+    warm = enroll(functions, tmp_path / "a", "device-a")
+    assert warm.status == 200, warm.body
+    kvk_env.double.fail(status, "/keys/", retry_after=retry_after)
+
+    started = time.monotonic()
+    reply = enroll(functions, tmp_path / "b", "device-b")
+    elapsed = time.monotonic() - started
+
+    _assert_503(reply, retry_after or str(xboot.azure.DEFAULT_RETRY_AFTER))
+    signs = kvk_env.double.attempts("POST", "/keys/")
+    assert len(signs) == 1 + ATTEMPTS  # the warm-up sign, then the first try and three retries
+    assert elapsed < 8, elapsed
+    records = list(Path(app_env["DataDirectory"]).rglob("*.json"))
+    assert [p.stem for p in records] == [warm.json()["serialNumber"]]  # nothing for the failed enrollment
+
+    kvk_env.double.heal()
+    assert enroll(functions, tmp_path / "c", "device-c").status == 200
