@@ -208,7 +208,7 @@ def test_keys_travel_in_the_header_function_for_devices_admin_for_trust(scripted
     url, script = scripted
     script.replies = [(201, {}, b'{"id": "r1"}'), (200, {}, b'{"value": []}')]
     client = XbootClient(f"{url}/api/certificate?code=device-key", admin_key="admin-key")
-    assert client.upload_report(b"signed", "update") == {"id": "r1"}
+    assert client.upload_report(b"signed", "update", 'a"b\r\nX: y.signed') == {"id": "r1"}
     client.trusted_fingerprints()
     upload, trust = script.received
     assert upload["path"] == "/api/install/v1/update-reports"
@@ -218,8 +218,18 @@ def test_keys_travel_in_the_header_function_for_devices_admin_for_trust(scripted
     content_type = upload["headers"]["content-type"]
     boundary = content_type.split("boundary=")[1]
     assert content_type.startswith("multipart/form-data")
-    assert f'--{boundary}\r\nContent-Disposition: form-data; name="signedReport"'.encode() in upload["body"]
+    disposition = f'--{boundary}\r\nContent-Disposition: form-data; name="signedReport"; filename="a_b__X__y.signed"'
+    assert disposition.encode() in upload["body"]
     assert upload["body"].endswith(f"\r\n--{boundary}--\r\n".encode())
+
+
+def test_redirects_are_reported_not_followed(scripted) -> None:
+    url, script = scripted
+    script.replies = [(301, {"Location": "https://elsewhere.example/api/certificate"}, b"")]
+    with pytest.raises(ServerRefused, match=r"redirects to https://elsewhere\.example/api/certificate") as caught:
+        XbootClient(url, function_key="fk").enroll("dev-1", generate_key("ec-p256"))
+    assert caught.value.status == 301
+    assert len(script.received) == 1
 
 
 def test_unreachable_service_is_retried_then_reported() -> None:
@@ -407,14 +417,17 @@ def test_device_files_are_written_with_private_modes_and_backups(ca: Development
     assert loaded.registration_id == "dev-1"
 
     second = _enrollment(ca, _issue(ca, key.public_key(), "dev-1"))
-    files.save(DeviceIdentity(key, second.certificate, second.chain))
+    with pytest.raises(ClientError, match=r"device\.pfx exists"):  # it would be left with the old certificate
+        files.save(DeviceIdentity(key, second.certificate, second.chain))
+    assert files.load().certificate == first.certificate
+    files.save(DeviceIdentity(key, second.certificate, second.chain), pfx_password="pfx-secret")
     assert files.load().certificate == second.certificate
     backup = files.directory / "device.crt.bak"
     assert x509.load_pem_x509_certificate(backup.read_bytes()) == first.certificate
     assert (files.directory / "device.key.bak").stat().st_mode & 0o777 == 0o600
-    assert not (files.directory / "device.pfx.bak").exists()  # no pfx written this time, the old one untouched
-    out = openssl("pkcs12", "-in", str(files.pfx), "-passin", "pass:pfx-secret", "-nokeys")
-    assert b"subject=CN = dev-1" in out
+    assert (files.directory / "device.pfx.bak").stat().st_mode & 0o777 == 0o600
+    out = openssl("pkcs12", "-in", str(files.pfx), "-passin", "pass:pfx-secret", "-nokeys", "-clcerts")
+    assert x509.load_pem_x509_certificate(out[out.index(b"-----BEGIN") :]) == second.certificate
 
 
 def test_a_key_that_does_not_match_the_certificate_is_refused_on_load(ca: DevelopmentCa, tmp_path: Path) -> None:

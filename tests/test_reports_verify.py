@@ -52,7 +52,9 @@ def replace_cms(message: bytes, change) -> bytes:
 def test_the_guides_v1_gateway_report_verifies_to_the_root_fingerprint(guide_pki, guide_report):
     assert guide_pki.certificate("gateway").version == x509.Version.v1  # what the guide makes on OpenSSL 3.0/3.1
     result = verify(guide_report, anchors(guide_pki))
-    assert result.path_fingerprints == tuple(guide_pki.fingerprint(n) for n in ("gateway", "ca_intermediate", "ca_root"))
+    assert result.path_fingerprints == tuple(
+        guide_pki.fingerprint(n) for n in ("gateway", "ca_intermediate", "ca_root")
+    )
     assert result.trust_anchor == guide_pki.fingerprint("ca_root")
     assert result.signer_common_name == GATEWAY_ID
     assert result.content.startswith(b"Content-Type: text/plain\r\n\r\n{\r\n")
@@ -223,16 +225,22 @@ def test_a_second_signer_is_refused(guide_pki, guide_report):
         info["content"]["signer_infos"] = [signers[0], signers[0]]
         return info
 
-    assert "exactly one signer" in refused(replace_cms(guide_report, duplicate_signer), anchors(guide_pki), "signature_invalid")
+    assert "exactly one signer" in refused(
+        replace_cms(guide_report, duplicate_signer), anchors(guide_pki), "signature_invalid"
+    )
 
 
 def test_a_signer_certificate_missing_from_the_message_is_refused(guide_pki, guide_report):
     def drop_leaf(info):
         certificates = info["content"]["certificates"]
-        info["content"]["certificates"] = [c for c in certificates if c.chosen.subject.native["common_name"] != GATEWAY_ID]
+        info["content"]["certificates"] = [
+            c for c in certificates if c.chosen.subject.native["common_name"] != GATEWAY_ID
+        ]
         return info
 
-    assert "signer certificate" in refused(replace_cms(guide_report, drop_leaf), anchors(guide_pki), "signature_invalid")
+    assert "signer certificate" in refused(
+        replace_cms(guide_report, drop_leaf), anchors(guide_pki), "signature_invalid"
+    )
 
 
 def test_known_anchor_certificates_complete_a_chain_the_sender_did_not_embed(guide_pki):
@@ -245,7 +253,14 @@ def test_known_anchor_certificates_complete_a_chain_the_sender_did_not_embed(gui
 
 @pytest.mark.parametrize(
     "garbage",
-    [b"", b"   ", b"hello", b"\x30\x03\x02\x01", b"MIME-Version: 1.0\n\nbody", b"-----BEGIN CMS-----\n!!\n-----END CMS-----"],
+    [
+        b"",
+        b"   ",
+        b"hello",
+        b"\x30\x03\x02\x01",
+        b"MIME-Version: 1.0\n\nbody",
+        b"-----BEGIN CMS-----\n!!\n-----END CMS-----",
+    ],
 )
 def test_garbage_is_a_bad_request(guide_pki, garbage):
     with pytest.raises(BadRequest):

@@ -258,11 +258,12 @@ def _describe_identity(result: DeviceResult) -> tuple[dict[str, Any], str]:
 
 
 def cmd_enroll(args: argparse.Namespace, out: Output) -> int:
-    password = _pfx_password(args, args.pfx or args.pfx_password is not None)
-    client = _make_client(args, out)
+    files = DeviceFiles(Path(args.out))
+    replacing_pfx = args.force and files.pfx.exists()
+    password = _pfx_password(args, args.pfx or args.pfx_password is not None or replacing_pfx)
     result = enroll_device(
-        client,
-        DeviceFiles(Path(args.out)),
+        _make_client(args, out),
+        files,
         args.registration_id,
         args.key_type,
         anchors=_anchors(args.root_ca) or (),
@@ -322,7 +323,7 @@ def cmd_sign_report(args: argparse.Namespace, out: Output) -> int:
     if not isinstance(document, dict):
         raise ClientError(f"{source} is not a UTF-8 JSON object: the service only accepts JSON reports")
     certificate = load_certificate_file(cert)[0]
-    extra = load_certificate_file(chain) if chain is not None and chain.exists() else []
+    extra = load_certificate_file(chain) if args.chain or (chain is not None and chain.exists()) else []
     try:
         signed = sign_report(data, certificate, load_key_file(key), extra)
     except ValueError as error:

@@ -73,6 +73,7 @@ TRUST_SETTING = "soup.report.validation.trusted.cert.fingerprints"
 MAX_RESPONSE_BYTES = 1024 * 1024
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
 _FINGERPRINT_HEX = re.compile(r"[0-9A-Fa-f]{64}")
+_UNSAFE_FILENAME = re.compile(r"[^A-Za-z0-9._-]")
 
 
 class ClientError(Exception):
@@ -189,6 +190,7 @@ def is_loopback_or_https(base_url: str) -> bool:
 
 def _multipart(field_name: str, filename: str, data: bytes) -> tuple[bytes, str]:
     """One file field, as `curl --form 'signedReport=@file'` sends it."""
+    filename = _UNSAFE_FILENAME.sub("_", filename) or "report.signed"  # it goes into a header
     boundary = "xboot-" + secrets.token_hex(16)
     while boundary.encode() in data:
         boundary = "xboot-" + secrets.token_hex(16)
@@ -197,6 +199,13 @@ def _multipart(field_name: str, filename: str, data: bytes) -> tuple[bytes, str]
         "Content-Type: application/octet-stream\r\n\r\n"
     ).encode()
     return head + data + f"\r\n--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """A redirect would carry the function key to wherever it points, and turn POST into GET: report it instead."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
 
 
 class XbootClient:
@@ -221,7 +230,7 @@ class XbootClient:
         self.retry = retry or RetryPolicy()
         self.on_retry = on_retry
         self._sleep = sleep
-        self._opener = urllib.request.build_opener(urllib.request.HTTPSHandler(context=ssl_context))
+        self._opener = urllib.request.build_opener(urllib.request.HTTPSHandler(context=ssl_context), _NoRedirects)
 
     # -- transport --
 
@@ -255,7 +264,7 @@ class XbootClient:
         headers = {"Accept": "application/json", "User-Agent": "xboot-client"}
         if content_type:
             headers["Content-Type"] = content_type
-        key = self.admin_key if admin else (self.function_key or self.admin_key)
+        key = self.admin_key if admin else self.function_key
         if key:
             headers["x-functions-key"] = key
         attempts = max(1, self.retry.attempts)
@@ -279,6 +288,11 @@ class XbootClient:
                 if 200 <= response.status < 300:
                     return response
                 status = response.status
+                if 300 <= status < 400:
+                    location = response.headers.get("location", "elsewhere")
+                    raise ServerRefused(
+                        f"{what}: {status}: the service redirects to {location}; use that URL", status=status
+                    )
                 code, message = response.error()
                 reason = f"{status}{' ' + code if code else ''}: {message}"
                 if status not in RETRY_STATUSES:
@@ -627,6 +641,11 @@ class DeviceFiles:
     def exists(self) -> bool:
         return self.key.exists() or self.certificate.exists()
 
+    def check_pfx_password(self, pfx_password: str | None) -> None:
+        """A device.pfx left behind would hold the old certificate: it is replaced too, so its password is needed."""
+        if self.pfx.exists() and not pfx_password:
+            raise ClientError(f"{self.pfx} exists: give its password so that it is replaced along with the certificate")
+
     def load(self) -> DeviceIdentity:
         key = load_key_file(self.key)
         certificate = load_certificate_file(self.certificate)[0]
@@ -637,6 +656,7 @@ class DeviceFiles:
 
     def save(self, identity: DeviceIdentity, pfx_password: str | None = None) -> list[Path]:
         """Write every file, each atomically; a file being replaced is kept first as NAME.bak (same mode)."""
+        self.check_pfx_password(pfx_password)
         pem = serialization.Encoding.PEM
         outputs: list[tuple[Path, bytes, int]] = [
             (
@@ -700,6 +720,7 @@ def enroll_device(
         raise ClientError(f"{files.directory} already holds a device identity: use renew (or force to replace it)")
     if key_type not in KEY_TYPES:
         raise ClientError(f"unknown key type {key_type}; use one of {', '.join(KEY_TYPES)}")
+    files.check_pfx_password(pfx_password)
     on_step(f"generating the device key ({key_type})")
     key = generate_key(key_type)
     on_step(f"requesting a certificate for {registration_id} from {client.base_url}")
@@ -730,8 +751,7 @@ def renew_device(
     current = files.load()
     registration_id = current.registration_id
     previous = current.certificate.not_valid_after_utc
-    if files.pfx.exists() and not pfx_password:
-        raise ClientError(f"{files.pfx} exists: give its password so that it is renewed with the certificate")
+    files.check_pfx_password(pfx_password)
     if not force and not renewal_due(current.certificate, within):
         return DeviceResult(files.directory, registration_id, None, previous_not_after=previous)
     if anchors is None:

@@ -74,6 +74,8 @@ _SIGNER_USAGES = (
     ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE,
 )
 _WEAK_HASHES = (hashes.SHA1, hashes.MD5)
+# What `Certificate.extensions` raises for extensions it cannot decode (it decodes them on access).
+_BAD_EXTENSIONS = (ValueError, x509.DuplicateExtension, x509.UnsupportedGeneralNameType)
 
 T = TypeVar("T")
 
@@ -258,7 +260,7 @@ def _extensions(certificate: x509.Certificate) -> x509.Extensions:
     """The extensions, refusing malformed ones and critical ones this validator would ignore."""
     try:
         extensions = certificate.extensions
-    except ValueError:
+    except _BAD_EXTENSIONS:
         raise _refused("certificate_invalid", f"certificate {_name(certificate)} has malformed extensions") from None
     for extension in extensions:
         if extension.critical and not isinstance(extension.value, _UNDERSTOOD):
@@ -425,7 +427,7 @@ def _load_certificates(parsed: ParsedCms) -> list[x509.Certificate]:
             # Names decode on access: decode them now, so a bad one is the sender's 400 and not a crash later.
             certificate.subject.rfc4514_string()
             certificate.issuer.rfc4514_string()
-        except ValueError:
+        except (ValueError, x509.InvalidVersion):
             raise _malformed(f"embedded certificate #{index} is malformed") from None
         certificates.setdefault(der, certificate)
     return list(certificates.values())
@@ -437,7 +439,7 @@ def _signer_certificate(parsed: ParsedCms, certificates: list[x509.Certificate])
             return certificate.serial_number == parsed.serial and certificate.issuer.public_bytes() == parsed.issuer
         try:
             key_id = certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
-        except (x509.ExtensionNotFound, ValueError):
+        except (x509.ExtensionNotFound, *_BAD_EXTENSIONS):
             return False
         return key_id.digest == parsed.key_identifier
 
