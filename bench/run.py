@@ -30,8 +30,10 @@ PARTS = {
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer iterations (about a minute)")
-    parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help=f"where to write results (default {DEFAULT_JSON})")
-    parser.add_argument("--only", default=",".join(PARTS), help=f"comma-separated parts (default all: {','.join(PARTS)})")
+    parser.add_argument(
+        "--json", type=Path, default=DEFAULT_JSON, help="where to write results (default bench/results/latest.json)"
+    )
+    parser.add_argument("--only", default=",".join(PARTS), help="comma-separated parts (default: all)")
     return parser
 
 

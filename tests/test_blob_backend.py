@@ -8,6 +8,7 @@ token source is the static test credential instead of DefaultAzureCredential.
 
 from __future__ import annotations
 
+import base64
 import json
 import threading
 import uuid
@@ -21,6 +22,7 @@ from tests.backend_helpers import enroll, verify_issued
 from tests.conftest import Functions
 from tests.fixtures.azurite import Azurite
 from tests.fixtures.keyvault_double import StaticTokenCredential
+from tests.fixtures.report_pki import GATEWAY_ID
 from tests.fixtures.xboot_pki import OpensslCa
 from xboot.settings import Settings
 from xboot.storage import open_data_store
@@ -199,3 +201,37 @@ def test_blob_store_semantics_on_azurite(blob_env, azurite: Azurite):
     store.delete("a/2")
     store.delete("a/2")  # deleting what is gone is not an error
     assert store.read("a/2") is None
+
+
+REPORTS = "/api/install/v1/system-reports"
+TRUST = "/api/mgmt/v1/tenant-config/soup.report.validation.trusted.cert.fingerprints"
+
+
+def test_report_ingestion_on_azurite(
+    blob_env, azurite: Azurite, rsa_ca: OpensslCa, functions: Functions, guide_pki, guide_report
+):
+    """The report guide's signed report, stored and listed through DataStore Blob; the trust list lives there too.
+
+    The issuing CA (trusted for reports by default) comes from Location Blob on the same Azurite.
+    """
+    service = BlobServiceClient.from_connection_string(azurite.connection_string)
+    _upload_ca(service, blob_env["BlobContainerName"], rsa_ca)
+    fingerprint = guide_pki.fingerprint("ca_root")
+    assert functions.call("POST", TRUST, {"value": [fingerprint]}).status == 200
+
+    created = functions.call("POST", REPORTS, guide_report)
+    again = functions.call("POST", REPORTS, guide_report)
+
+    assert created.status == 201, created.body
+    assert (again.status, again.json()["duplicate"], again.json()["id"]) == (200, True, created.json()["id"])
+    report_id = created.json()["id"]
+    listing = functions.call("GET", f"{REPORTS}?gatewayId={GATEWAY_ID}").json()
+    assert [r["id"] for r in listing["reports"]] == [report_id]
+    fetched = functions.call("GET", f"{REPORTS}/{report_id}").json()
+    assert base64.b64decode(fetched["signedMessage"]) == guide_report
+
+    container = service.get_container_client(blob_env["DataBlobContainer"])
+    names = sorted(container.list_blob_names())
+    assert names[0].startswith(f"report-index/system/{GATEWAY_ID}/") and names[0].endswith(report_id)
+    assert names[1:] == [f"reports/system/{report_id}.json", f"tenant-config/{TRUST.rsplit('/', 1)[1]}.json"]
+    assert json.loads(container.download_blob(names[2]).readall())["value"] == [fingerprint]

@@ -24,15 +24,24 @@ from tests.backend_helpers import CaFiles, enroll
 from tests.conftest import Functions, Reply
 from tests.fixtures.azurite import ACCOUNT, Azurite
 from tests.fixtures.keyvault_double import VaultHarness
+from tests.fixtures.report_pki import GATEWAY_ID
 from tests.fixtures.xboot_pki import OpensslCa
 
 CERT_NAME = "xboot-issuing-ca"
+REPORTS = "/api/install/v1/system-reports"
+TRUST = "/api/mgmt/v1/tenant-config/soup.report.validation.trusted.cert.fingerprints"
 ATTEMPTS = 1 + xboot.azure.RETRY_TOTAL
 
 
 def _audit_serials(azurite: Azurite, container: str) -> set[str]:
     client = BlobServiceClient.from_connection_string(azurite.connection_string).get_container_client(container)
     return {json.loads(client.download_blob(name).readall())["serialNumber"] for name in client.list_blob_names()}
+
+
+@pytest.fixture
+def fast_backoff(monkeypatch) -> None:
+    """Backoff shortened for tests that check what happens, not how long; the timed tests keep production values."""
+    monkeypatch.setattr(xboot.azure, "BACKOFF_FACTOR", 0.05)
 
 
 def _assert_503(reply: Reply, retry_after: str) -> None:
@@ -74,7 +83,14 @@ def test_azurite_stopped_mid_run(data_on_own_azurite: str, own_azurite: Azurite,
 
 
 def test_location_blob_unreachable_at_load(
-    app_env, own_azurite: Azurite, azure_caches, rsa_ca: OpensslCa, functions: Functions, monkeypatch, tmp_path
+    app_env,
+    own_azurite: Azurite,
+    azure_caches,
+    fast_backoff,
+    rsa_ca: OpensslCa,
+    functions: Functions,
+    monkeypatch,
+    tmp_path,
 ):
     service = BlobServiceClient.from_connection_string(own_azurite.connection_string)
     container = service.create_container("keys")
@@ -96,17 +112,21 @@ def test_location_blob_unreachable_at_load(
     assert enroll(functions, tmp_path / "b", "device-b").status == 200
 
 
-class ResponseDroppingProxy:
-    """A loopback TCP proxy to Azurite that, when armed, forwards one audit-record PUT and loses its response.
+class FaultyProxy:
+    """A loopback TCP proxy in front of Azurite that breaks chosen requests (matched on their request line).
 
-    That is the one fault a retry cannot see through: the write is committed, the client only
-    knows the connection broke.
+    `lose_response_of`: the next matching request reaches Azurite, which commits it, but its response
+    is lost - the one fault a retry cannot see through. `refuse`: every matching request is cut off
+    unanswered until cleared, as if storage failed at that step.
     """
 
     def __init__(self, upstream_port: int) -> None:
         self.upstream_port = upstream_port
-        self.armed = threading.Event()
-        self.dropped = 0
+        self.lose_response_of: bytes | None = None
+        self.refuse: bytes | None = None
+        self.lost = 0
+        self.refused = 0
+        self._lock = threading.Lock()
         self._server = socket.create_server(("127.0.0.1", 0))
         self.port = self._server.getsockname()[1]
         threading.Thread(target=self._accept, daemon=True).start()
@@ -119,12 +139,22 @@ class ResponseDroppingProxy:
                 return
             threading.Thread(target=self._pipe, args=(client,), daemon=True).start()
 
+    def _verdict(self, request_line: bytes) -> str:
+        with self._lock:
+            if self.refuse is not None and self.refuse in request_line:
+                self.refused += 1
+                return "refuse"
+            if self.lose_response_of is not None and self.lose_response_of in request_line:
+                self.lose_response_of = None
+                return "lose"
+        return "pass"
+
     def _pipe(self, client: socket.socket) -> None:
         upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
         selector = selectors.DefaultSelector()
         selector.register(client, selectors.EVENT_READ, upstream)
         selector.register(upstream, selectors.EVENT_READ, client)
-        dropping = False
+        losing = False
         try:
             while True:
                 for key, _ in selector.select():
@@ -132,12 +162,14 @@ class ResponseDroppingProxy:
                     data = source.recv(65536)
                     if not data:
                         return
-                    audit_put = data.startswith(b"PUT ") and b"/certificates/" in data.split(b"\r\n")[0]
-                    if source is client and audit_put and self.armed.is_set():
-                        self.armed.clear()
-                        dropping = True
-                    if source is upstream and dropping:
-                        self.dropped += 1
+                    if source is client and data[:4] in (b"PUT ", b"GET ", b"HEAD", b"DELE"):
+                        verdict = self._verdict(data.split(b"\r\n", 1)[0])
+                        if verdict == "refuse":
+                            return
+                        losing = losing or verdict == "lose"
+                    if source is upstream and losing:
+                        with self._lock:
+                            self.lost += 1
                         return  # Azurite answered; the client never hears it
                     key.data.sendall(data)
         finally:
@@ -150,36 +182,59 @@ class ResponseDroppingProxy:
 
 
 @pytest.fixture
-def dropping_proxy(own_azurite: Azurite) -> Iterator[ResponseDroppingProxy]:
-    proxy = ResponseDroppingProxy(own_azurite.port)
-    yield proxy
-    proxy.close()
-
-
-def test_lost_response_leaves_no_orphan_record(
-    data_on_own_azurite: str,
-    own_azurite: Azurite,
-    dropping_proxy: ResponseDroppingProxy,
-    functions,
-    monkeypatch,
-    tmp_path,
-):
-    """The retry meets the blob its own first attempt wrote: the device still gets that certificate."""
-    endpoint = f"http://127.0.0.1:{dropping_proxy.port}/{ACCOUNT}"
+def proxy(own_azurite: Azurite, monkeypatch) -> Iterator[FaultyProxy]:
+    """DataStore Blob reaches the test's Azurite through the proxy."""
+    instance = FaultyProxy(own_azurite.port)
+    endpoint = f"http://127.0.0.1:{instance.port}/{ACCOUNT}"
     monkeypatch.setenv(
         "DataBlobConnectionString", own_azurite.connection_string.replace(own_azurite.account_url, endpoint)
     )
+    yield instance
+    instance.close()
+
+
+def test_lost_response_leaves_no_orphan_record(
+    data_on_own_azurite: str, own_azurite: Azurite, proxy: FaultyProxy, functions, tmp_path
+):
+    """The retry meets the blob its own first attempt wrote: the device still gets that certificate."""
     first = enroll(functions, tmp_path / "a", "device-a")
     assert first.status == 200, first.body
 
-    dropping_proxy.armed.set()
+    proxy.lose_response_of = b"/certificates/"
     second = enroll(functions, tmp_path / "b", "device-b")
 
-    assert dropping_proxy.dropped == 1
+    assert proxy.lost == 1
     assert second.status == 200, second.body
     # Exactly one record per certificate returned, and none for anything the devices did not get.
     expected = {first.json()["serialNumber"], second.json()["serialNumber"]}
     assert _audit_serials(own_azurite, data_on_own_azurite) == expected
+
+
+def test_report_ingestion_when_storage_fails_at_the_index(
+    data_on_own_azurite: str, own_azurite: Azurite, proxy: FaultyProxy, fast_backoff, functions, guide_pki, guide_report
+):
+    """Storage fails after the record, before its index entry: 503, nothing listed; the retry completes it."""
+    assert functions.call("POST", TRUST, {"value": [guide_pki.fingerprint("ca_root")]}).status == 200
+    listing = f"{REPORTS}?gatewayId={GATEWAY_ID}"
+
+    proxy.refuse = b"/report-index/"
+    failed = functions.call("POST", REPORTS, guide_report)
+    _assert_503(failed, str(xboot.azure.DEFAULT_RETRY_AFTER))
+    assert proxy.refused == ATTEMPTS  # the storage SDK's first try and its three retries
+    assert functions.call("GET", listing).json()["reports"] == []  # a listing never names a partial report
+
+    proxy.refuse = None
+    retried = functions.call("POST", REPORTS, guide_report)
+    assert retried.status in (200, 201), retried.body
+    reports = functions.call("GET", listing).json()["reports"]
+    assert [r["id"] for r in reports] == [retried.json()["id"]]
+    client = BlobServiceClient.from_connection_string(own_azurite.connection_string).get_container_client(
+        data_on_own_azurite
+    )
+    names = sorted(client.list_blob_names())
+    assert [n.split("/")[0] for n in names] == ["report-index", "reports", "tenant-config"]
+    stored = json.loads(client.download_blob(f"reports/system/{retried.json()['id']}.json").readall())
+    assert stored["verification"] and stored["signedMessage"]
 
 
 @pytest.fixture
@@ -237,11 +292,15 @@ def kvk_env(kv_env: VaultHarness, monkeypatch) -> VaultHarness:
 
 
 @pytest.mark.parametrize(
-    ("status", "retry_after"), [(500, None), (0, None), (429, "2")], ids=["500", "unreachable", "429"]
+    ("status", "retry_after", "timed"),
+    [(500, None, True), (0, None, False), (429, "1", True)],
+    ids=["500", "unreachable", "429"],
 )
 def test_key_vault_sign_failure_mid_run(
-    status, retry_after, kvk_env: VaultHarness, app_env, functions: Functions, tmp_path
+    status, retry_after, timed, kvk_env: VaultHarness, app_env, functions: Functions, tmp_path, request
 ):
+    if not timed:
+        request.getfixturevalue("fast_backoff")
     warm = enroll(functions, tmp_path / "a", "device-a")
     assert warm.status == 200, warm.body
     kvk_env.double.fail(status, "/keys/", retry_after=retry_after)
@@ -259,3 +318,31 @@ def test_key_vault_sign_failure_mid_run(
 
     kvk_env.double.heal()
     assert enroll(functions, tmp_path / "c", "device-c").status == 200
+
+
+def test_hung_storage_times_out_into_a_503(
+    app_env, azure_caches, fast_backoff, functions: Functions, monkeypatch, tmp_path
+):
+    """A server that accepts and never answers: per-attempt read timeouts, bounded retries, then 503.
+
+    Timeouts and backoff are shortened here (production: 10 s per attempt, 0.5/1/2 s backoff).
+    """
+    hung = socket.create_server(("127.0.0.1", 0))
+    hung.listen(16)
+    real_options = xboot.azure.client_options
+    monkeypatch.setattr(
+        xboot.azure, "client_options", lambda policy=None: {**real_options(policy), "read_timeout": 0.3}
+    )
+    endpoint = f"http://127.0.0.1:{hung.getsockname()[1]}/{ACCOUNT}"
+    monkeypatch.setenv("DataStore", "Blob")
+    monkeypatch.setenv(
+        "DataBlobConnectionString", f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};BlobEndpoint={endpoint};"
+    )
+    try:
+        started = time.monotonic()
+        reply = enroll(functions, tmp_path / "a", "device-a")
+        elapsed = time.monotonic() - started
+    finally:
+        hung.close()
+    _assert_503(reply, str(xboot.azure.DEFAULT_RETRY_AFTER))
+    assert ATTEMPTS * 0.3 < elapsed < 5, elapsed

@@ -8,6 +8,7 @@ import random
 import subprocess
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -418,3 +419,12 @@ def test_an_index_failure_is_503_and_the_retry_completes_it(
     assert retry.status == 200 and retry.json()["duplicate"] is True
     listed = functions.call("GET", f"{SYSTEM}?gatewayId={GATEWAY_ID}").json()["reports"]
     assert [r["id"] for r in listed] == [retry.json()["id"]]
+
+
+def test_concurrent_posts_of_one_report_store_it_once(trusted_root, functions, guide_report, app_env):
+    body, headers = form(guide_report)
+    with ThreadPoolExecutor(8) as pool:
+        replies = list(pool.map(lambda _: functions.call("POST", SYSTEM, body, headers), range(8)))
+    assert sorted(r.status for r in replies) == [200] * 7 + [201]
+    assert len({r.json()["id"] for r in replies}) == 1
+    assert len(stored_files(app_env, "reports")) == 1 and len(stored_files(app_env, "report-index")) == 1

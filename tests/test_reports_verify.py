@@ -10,7 +10,12 @@ import re
 import pytest
 from asn1crypto import cms
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import pkcs7
+from cryptography.x509.oid import NameOID
 
+import xboot.reports.verify
 from tests.fixtures.report_pki import GATEWAY_ID, Pki, after_days, report_bytes
 from tests.helpers import openssl
 from xboot.errors import BadRequest, Unprocessable, XbootError
@@ -286,3 +291,36 @@ def test_truncations_and_bit_flips_never_crash_and_never_change_what_verifies(gu
                 assert verify(bytes(damaged), trust).content == expected
             except XbootError as error:
                 assert 400 <= error.status < 500, error.message
+
+
+def test_path_search_is_bounded_when_certificates_share_names_and_keys(monkeypatch):
+    """Twelve self-issued CAs with one key all verify as each other's issuer: the search must not go factorial."""
+    now = dt.datetime.now(dt.UTC)
+    ca_key, leaf_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "X")])
+
+    def certificate(subject: x509.Name, key, ca: bool) -> x509.Certificate:
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(days=1))
+            .not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )
+        return builder.sign(ca_key, hashes.SHA256())
+
+    cas = [certificate(name, ca_key, True) for _ in range(12)]
+    leaf = certificate(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, GATEWAY_ID)]), leaf_key, False)
+    builder = pkcs7.PKCS7SignatureBuilder().set_data(report_bytes()).add_signer(leaf, leaf_key, hashes.SHA256())
+    for ca in cas:
+        builder = builder.add_certificate(ca)
+    options = [pkcs7.PKCS7Options.DetachedSignature, pkcs7.PKCS7Options.Text]
+    message = builder.sign(serialization.Encoding.SMIME, options)
+    calls = []
+    real_check = xboot.reports.verify._check_issuer
+    monkeypatch.setattr(xboot.reports.verify, "_check_issuer", lambda *a: calls.append(1) or real_check(*a))
+    refused(message, TrustAnchors(frozenset({"00:" * 31 + "00"})), "chain_invalid")
+    assert len(calls) <= xboot.reports.verify.MAX_LINK_CHECKS

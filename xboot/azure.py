@@ -32,7 +32,7 @@ BACKOFF_MAX = 4.0
 MAX_RETRY_AFTER = 4  # seconds a throttled call may wait in-process; a longer Retry-After goes to the device
 TOTAL_TIMEOUT = 20  # seconds for one SDK call, retries included (Key Vault; Blob is bounded by its retries)
 CONNECTION_TIMEOUT = 5
-READ_TIMEOUT = 15
+READ_TIMEOUT = 10
 DEFAULT_RETRY_AFTER = 5  # what the device is told when the backend gave no Retry-After
 
 _credential_lock = threading.Lock()

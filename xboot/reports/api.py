@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections.abc import Mapping
 from typing import Any
 
 from xboot.errors import BadRequest, NotFound, Unprocessable
 from xboot.http import ApiResponse, check_size, field_ci, json_object
 from xboot.reports.smime import read_request, report_document
-from xboot.reports.store import KINDS, is_report_id, list_reports, read_report, store_report
+from xboot.reports.store import Kind, is_report_id, list_reports, read_report, store_report
 from xboot.reports.trust import (
     CONFIG_NAME,
     TrustList,
@@ -23,14 +24,10 @@ from xboot.reports.verify import verify_signed_report
 from xboot.settings import Settings
 from xboot.storage import open_data_store
 
+log = logging.getLogger(__name__)
+
 DEFAULT_PAGE = 20
 MAX_PAGE = 100
-
-
-def _path(kind: str) -> str:
-    if kind not in KINDS:
-        raise NotFound("no such report kind")
-    return f"/api/install/v1/{kind}-reports"
 
 
 def _summary(record: Mapping[str, Any]) -> dict[str, Any]:
@@ -39,10 +36,9 @@ def _summary(record: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def submit_report(
-    kind: str, body: bytes, content_type: str | None, settings: Settings, now: dt.datetime | None = None
+    kind: Kind, body: bytes, content_type: str | None, settings: Settings, now: dt.datetime | None = None
 ) -> ApiResponse:
     """Verify first, then read the JSON: nothing unauthenticated is interpreted beyond what verification needs."""
-    path = _path(kind)
     check_size(body)
     received_at = now or dt.datetime.now(dt.UTC)
     message = read_request(body, content_type)
@@ -52,8 +48,14 @@ def submit_report(
     if settings.boolean("RequireGatewayIdMatch", False) and verification.signer_common_name != document["gatewayId"]:
         raise Unprocessable("the signer certificate's CN must equal the report's gatewayId", code="gateway_mismatch")
     stored = store_report(store, kind, document, verification, message.raw, received_at)
-    body_out = {**_summary(stored.record), "duplicate": not stored.created}
-    return ApiResponse(201 if stored.created else 200, body_out, headers={"Location": f"{path}/{stored.record['id']}"})
+    record = stored.record
+    if stored.created:
+        log.info("stored %s report %s for gateway %r", kind, record["id"], record["gatewayId"])
+    return ApiResponse(
+        201 if stored.created else 200,
+        {**_summary(record), "duplicate": not stored.created},
+        headers={"Location": f"/api/install/v1/{kind}-reports/{record['id']}"},
+    )
 
 
 def _page_size(value: str | None) -> int:
@@ -64,8 +66,7 @@ def _page_size(value: str | None) -> int:
     return int(value)
 
 
-def get_reports(kind: str, query: Mapping[str, str], settings: Settings) -> ApiResponse:
-    _path(kind)
+def get_reports(kind: Kind, query: Mapping[str, str], settings: Settings) -> ApiResponse:
     gateway_id = query.get("gatewayId")
     if not gateway_id:
         raise BadRequest("query parameter gatewayId is required", code="invalid_query")
@@ -87,8 +88,7 @@ def get_reports(kind: str, query: Mapping[str, str], settings: Settings) -> ApiR
     )
 
 
-def get_report(kind: str, report_id: str, settings: Settings) -> ApiResponse:
-    _path(kind)
+def get_report(kind: Kind, report_id: str, settings: Settings) -> ApiResponse:
     record = read_report(open_data_store(settings), kind, report_id) if is_report_id(report_id) else None
     if record is None:
         raise NotFound(f"no {kind} report with this id")

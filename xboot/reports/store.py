@@ -21,7 +21,7 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from cryptography.hazmat.primitives import serialization
 
@@ -29,7 +29,7 @@ from xboot.errors import BackendUnavailable, BadRequest
 from xboot.reports.verify import Verification
 from xboot.storage import ObjectStore
 
-KINDS = ("system", "update")
+Kind = Literal["system", "update"]
 _INVERT_MS = 10**13  # inverted epoch milliseconds stay 13 digits until the year 2286
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _ID = re.compile(r"[0-9a-f]{32}")
@@ -54,11 +54,11 @@ def _gateway_segment(gateway_id: str) -> str:
     return "".join(chr(b) if b in _PLAIN else f"={b:02X}" for b in gateway_id.encode("utf-8"))
 
 
-def record_key(kind: str, report: str) -> str:
+def record_key(kind: Kind, report: str) -> str:
     return f"reports/{kind}/{report}.json"
 
 
-def _index_prefix(kind: str, gateway_id: str) -> str:
+def _index_prefix(kind: Kind, gateway_id: str) -> str:
     return f"report-index/{kind}/{_gateway_segment(gateway_id)}/"
 
 
@@ -86,7 +86,7 @@ class StoredReport:
 
 def store_report(
     store: ObjectStore,
-    kind: str,
+    kind: Kind,
     document: dict[str, Any],
     verification: Verification,
     message: bytes,
@@ -113,7 +113,7 @@ def store_report(
     return StoredReport(record, created)
 
 
-def read_report(store: ObjectStore, kind: str, report: str) -> dict[str, Any] | None:
+def read_report(store: ObjectStore, kind: Kind, report: str) -> dict[str, Any] | None:
     key = record_key(kind, report)
     data = store.read(key)
     return None if data is None else _load(data, key)
@@ -139,7 +139,7 @@ class ReportPage:
     continuation_token: str | None
 
 
-def list_reports(store: ObjectStore, kind: str, gateway_id: str, limit: int, token: str | None) -> ReportPage:
+def list_reports(store: ObjectStore, kind: Kind, gateway_id: str, limit: int, token: str | None) -> ReportPage:
     """Newest first; `token` (from the previous page) resumes after the last entry it returned."""
     prefix = _index_prefix(kind, gateway_id)
     keys = store.list(prefix, after=None if token is None else prefix + _entry(token), limit=limit + 1)

@@ -253,7 +253,9 @@ def _verify_cms_signature(certificate: x509.Certificate, scheme: _Scheme, signat
 
 
 def _name(certificate: x509.Certificate) -> str:
-    return certificate.subject.rfc4514_string() or "(empty subject)"
+    """The subject for messages: the sender's own text, so shortened."""
+    name = certificate.subject.rfc4514_string() or "(empty subject)"
+    return name if len(name) <= 160 else name[:157] + "..."
 
 
 def _extensions(certificate: x509.Certificate) -> x509.Extensions:
@@ -415,7 +417,7 @@ class Verification:
             "trustAnchor": self.trust_anchor,
             "digestAlgorithm": self.digest_algorithm,
             "signatureAlgorithm": self.signature_algorithm,
-            "signingTime": None if self.signing_time is None else self.signing_time.isoformat(),
+            "signingTime": None if self.signing_time is None else self.signing_time.isoformat().replace("+00:00", "Z"),
         }
 
 
@@ -456,7 +458,7 @@ def _content(message: SignedMessage, parsed: ParsedCms) -> bytes:
         return message.detached_content
     if message.detached_content is None and parsed.content is not None:
         return parsed.content
-    raise _malformed("a detached signature needs its multipart/signed content; an encapsulating one must have none")
+    raise _malformed("the signature must either be detached (multipart/signed) or encapsulate the report, not both")
 
 
 def verify_signed_report(message: SignedMessage, anchors: TrustAnchors, now: dt.datetime) -> Verification:
