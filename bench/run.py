@@ -27,6 +27,43 @@ PARTS = {
 }
 
 
+def _verdict(ok: bool) -> str:
+    return "met" if ok else "NOT met"
+
+
+def targets(parts: dict[str, Any]) -> list[str]:
+    """The issue's targets, read off this run's results."""
+    lines = []
+    issuance = parts.get("issuance", {}).get("result", [])
+    for scenario in issuance:
+        if scenario["device"] != "ec-p256":
+            continue
+        without, with_disk = scenario["ratios"]["service_null_store_vs_floor"], scenario["ratios"]["service_vs_floor"]
+        lines.append(
+            f"  issuance <= 1.3x floor, {scenario['ca']} CA: audit not written {without:.2f}x "
+            f"({_verdict(without <= 1.3)}); audit on disk {with_disk:.2f}x ({_verdict(with_disk <= 1.3)})"
+        )
+    reports = parts.get("reports", {}).get("result", {})
+    if "ratios" in reports:
+        speedup = reports["ratios"]["openssl_cli_vs_service"]
+        lines.append(
+            f"  report verification >= 4x faster than openssl cms -verify: {speedup:.2f}x ({_verdict(speedup >= 4)})"
+        )
+    http = parts.get("http", {}).get("result", {})
+    if "levels" in http:
+        errors = sum(level["errors"] for level in http["levels"]) + http["server_log_tracebacks"]
+        lines.append(f"  HTTP at 1/8/64 clients with zero errors: {errors} errors ({_verdict(errors == 0)})")
+    cold = parts.get("coldstart", {}).get("result", {})
+    if "import_ms" in cold.get("File", {}):
+        median = cold["File"]["import_ms"]["median"]
+        sdk = cold["File"]["azure_sdk_at_import"] + cold["File"]["azure_sdk_after_first_request"]
+        lines.append(
+            f"  File: import function_app < 300 ms and no Azure SDK: {median:.1f} ms, SDK {sdk or 'none'} "
+            f"({_verdict(median < 300 and not sdk)})"
+        )
+    return ["", "== Targets ==", *lines] if lines else []
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer iterations (about a minute)")
@@ -74,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         f"loadavg (1/5/15 min): start {document['loadavg_start']}, end {document['loadavg_end']}",
         "times in microseconds: median, p99; ratios are of medians",
     ]
-    print("\n".join(header + lines))
+    print("\n".join(header + lines + targets(document["parts"])))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(document, indent=1) + "\n")
     print(f"\nwrote {args.json}", file=sys.stderr)

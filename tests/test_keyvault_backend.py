@@ -123,6 +123,8 @@ def test_keyvaultkey_signs_inside_key_vault(
     kv_env.double.add_certificate(CERT_NAME, ca.certificate, ca.key, exportable=False, hsm=hsm)
     monkeypatch.setenv("Location", "KeyVaultKey")
     monkeypatch.setenv("CertificateChainFile", ca.root.public_bytes(serialization.Encoding.PEM).decode())
+    monkeypatch.delenv("KeyVaultName")
+    monkeypatch.setenv("KeyVaultUri", "https://xboot-test.vault.azure.net")  # what the Bicep deployment sets
 
     for n in range(2):
         reply = enroll(functions, tmp_path / f"device{n}", f"kvk-device-{n}")

@@ -51,7 +51,8 @@ def resolve(settings: Settings) -> LocationEntry:
     """The entry for `Location`, given as its number (XBoot's enum) or its name, any case."""
     value = settings.get("Location")
     if value is None:
-        raise ConfigurationError("setting Location is not set (KeyVault, File, Blob or AppSettings)")
+        names = ", ".join(e.name for e in REGISTRY.values())
+        raise ConfigurationError(f"setting Location is not set (use one of {names})")
     for entry in REGISTRY.values():
         if value.lower() == entry.name.lower() or value == str(entry.number):
             return entry

@@ -54,6 +54,7 @@ _SETTINGS = (
     "BlobConnectionString",
     "BlobAccountUrl",
     "AzureWebJobsStorage",
+    "AzureWebJobsStorage__blobServiceUri",
     "Location",
 )
 _lock = threading.Lock()

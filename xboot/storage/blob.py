@@ -2,7 +2,8 @@
 
 Shared by every instance. Auth: `DataBlobConnectionString` or `DataBlobAccountUrl`
 (managed identity), falling back to the CA's `BlobConnectionString` / `BlobAccountUrl`,
-then to the Functions runtime's own `AzureWebJobsStorage` connection string.
+then to the Functions runtime's own storage: the `AzureWebJobsStorage` connection string, or
+the identity-based `AzureWebJobsStorage__blobServiceUri`.
 """
 
 from __future__ import annotations
@@ -106,7 +107,7 @@ def open_store(settings: Settings) -> BlobStore:
     elif settings.raw("BlobConnectionString") or settings.get("BlobAccountUrl"):
         names = ("BlobConnectionString", "BlobAccountUrl")
     else:
-        names = ("AzureWebJobsStorage", "DataBlobAccountUrl")
+        names = ("AzureWebJobsStorage", "AzureWebJobsStorage__blobServiceUri")
     service = blob_service_client(settings, *names, "for DataStore Blob")
     container = settings.get("DataBlobContainer", DEFAULT_CONTAINER) or DEFAULT_CONTAINER
     return BlobStore(service.get_container_client(container), names[0])
