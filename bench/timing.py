@@ -1,14 +1,16 @@
 """Timing primitives: per-call nanosecond samples, medians and p99s, and the machine they came from.
 
-Operations being compared are timed interleaved (a, b, c, a, b, c, ...) rather than one
-after the other, so that load from other processes on a shared machine hits every
-operation alike and the ratio of medians stays meaningful even when absolute times drift.
+Operations being compared are timed interleaved (one call of each per round, the order
+shuffled every round) rather than one after the other, so that load from other processes
+on a shared machine hits every operation alike and the ratio of medians stays meaningful
+even when absolute times drift.
 """
 
 from __future__ import annotations
 
 import os
 import platform
+import random
 import statistics
 import subprocess
 import sys
@@ -56,15 +58,19 @@ def interleaved(
     warmup: int,
     prepare: dict[str, Callable[[], object]] | None = None,
 ) -> dict[str, Stats]:
-    """Time each operation `iterations` times, round-robin, after `warmup` untimed rounds.
+    """Time each operation `iterations` times, in rounds of one call each (in shuffled order), after `warmup` rounds.
 
     `prepare[name]`, when given, runs untimed before each call of `name` and its result is
     passed in: a fresh request object reaches the operation without its construction being timed.
     """
     prepare = prepare or {}
     samples: dict[str, list[int]] = {name: [] for name in operations}
+    order = list(operations)
+    shuffler = random.Random(0)
     for round_number in range(warmup + iterations):
-        for name, operation in operations.items():
+        shuffler.shuffle(order)  # no operation always runs right after the same one (an fsync leaves caches cold)
+        for name in order:
+            operation = operations[name]
             make = prepare.get(name)
             if make is None:
                 start = time.perf_counter_ns()
