@@ -2,7 +2,7 @@
 
 import azure.functions as func
 
-from xboot import api, est
+from xboot import api, est, lifecycle_api
 from xboot.http import respond
 from xboot.reports import api as reports
 from xboot.settings import Settings
@@ -93,3 +93,29 @@ def trusted_fingerprints_get(req: func.HttpRequest) -> func.HttpResponse:
 )
 def trusted_fingerprints_set(req: func.HttpRequest) -> func.HttpResponse:
     return respond(lambda: reports.set_trusted_fingerprints(req.get_body(), Settings.from_environ()))
+
+
+# Device lifecycle: revocations and the issuance audit log (admin); the CRL is public (CRL fetchers carry no keys).
+@app.route(route="mgmt/v1/revocations", methods=["POST"], auth_level=func.AuthLevel.ADMIN)
+def revocation_create(req: func.HttpRequest) -> func.HttpResponse:
+    return respond(lambda: lifecycle_api.revoke(req.get_body(), Settings.from_environ()))
+
+
+@app.route(route="mgmt/v1/revocations", methods=["GET"], auth_level=func.AuthLevel.ADMIN)
+def revocation_list(req: func.HttpRequest) -> func.HttpResponse:
+    return respond(lambda: lifecycle_api.list_revocations(req.params, Settings.from_environ()))
+
+
+@app.route(route="mgmt/v1/revocations/{id}", methods=["DELETE"], auth_level=func.AuthLevel.ADMIN)
+def revocation_delete(req: func.HttpRequest) -> func.HttpResponse:
+    return respond(lambda: lifecycle_api.remove_revocation(req.route_params["id"], Settings.from_environ()))
+
+
+@app.route(route="mgmt/v1/certificates", methods=["GET"], auth_level=func.AuthLevel.ADMIN)
+def issued_certificates(req: func.HttpRequest) -> func.HttpResponse:
+    return respond(lambda: lifecycle_api.list_certificates(req.params, Settings.from_environ()))
+
+
+@app.route(route="crl", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+def crl(req: func.HttpRequest) -> func.HttpResponse:
+    return respond(lambda: lifecycle_api.get_crl(Settings.from_environ()))

@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -46,6 +46,7 @@ from xboot.smime_sign import key_matches
 __all__ = [
     "KEY_TYPES",
     "REPORT_KINDS",
+    "REVOCATION_SELECTORS",
     "ClientError",
     "DeviceFiles",
     "DeviceIdentity",
@@ -69,6 +70,7 @@ __all__ = [
 ]
 
 REPORT_KINDS = ("system", "update")
+REVOCATION_SELECTORS = ("serialNumber", "fingerprint", "registrationId", "certificate")
 TRUST_SETTING = "soup.report.validation.trusted.cert.fingerprints"
 MAX_RESPONSE_BYTES = 1024 * 1024
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
@@ -362,6 +364,62 @@ class XbootClient:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ServerUnavailable(f'{path}: the service did not answer with {{"value": [fingerprints]}}')
         return value
+
+    # -- device lifecycle (admin), CRL (public) --
+
+    def revoke(self, selector: str, value: str, reason: str = "unspecified") -> dict[str, Any]:
+        """Revoke by one of REVOCATION_SELECTORS; retrying is safe (the same revocation answers 200, not twice)."""
+        if selector not in REVOCATION_SELECTORS:
+            raise ClientError(f"revoke by one of {', '.join(REVOCATION_SELECTORS)}, not {selector!r}")
+        path = "/api/mgmt/v1/revocations"
+        body = json.dumps({selector: value, "reason": reason}).encode()
+        return self._object(self.request("POST", path, body, "application/json", admin=True), f"POST {path}")
+
+    def revocations(self) -> list[dict[str, Any]]:
+        """Every entry, oldest first, following the pages."""
+        return self._pages("/api/mgmt/v1/revocations", {}, "revocations")[1]
+
+    def remove_revocation(self, revocation_id: str) -> dict[str, Any]:
+        """End a certificateHold (the service refuses to remove any other revocation: 409)."""
+        path = f"/api/mgmt/v1/revocations/{quote(revocation_id, safe='')}"
+        return self._object(self.request("DELETE", path, admin=True), f"DELETE {path}")
+
+    def certificates(self, registration_id: str) -> dict[str, Any]:
+        """What was issued to a device, each with its revocation state, following the pages."""
+        first, items = self._pages("/api/mgmt/v1/certificates", {"registrationId": registration_id}, "certificates")
+        return {**first, "certificates": items}
+
+    def crl(self) -> x509.CertificateRevocationList:
+        path = "/api/crl"
+        response = self.request("GET", path)
+        try:
+            return x509.load_der_x509_crl(response.body)
+        except ValueError:
+            raise VerificationFailed(f"GET {path}: the service did not answer with a DER CRL") from None
+
+    def _object(self, response: Response, what: str) -> dict[str, Any]:
+        document = self._json(response, what)
+        if not isinstance(document, dict):
+            raise ServerUnavailable(f"{what}: the service did not answer with a JSON object")
+        return document
+
+    def _pages(self, path: str, query: dict[str, str], field: str) -> tuple[dict[str, Any], list[Any]]:
+        """The first page's document and the `field` items of every page, via continuationToken."""
+        first: dict[str, Any] | None = None
+        items: list[Any] = []
+        token = None
+        while True:
+            parameters = {**query, **({"continuationToken": token} if token else {})}
+            url = f"{path}?{urlencode(parameters)}" if parameters else path
+            document = self._object(self.request("GET", url, admin=True), f"GET {path}")
+            page = document.get(field)
+            if not isinstance(page, list):
+                raise ServerUnavailable(f"GET {path}: the answer has no {field} list")
+            first = first or document
+            items += page
+            token = document.get("continuationToken")
+            if not token:
+                return first, items
 
 
 def normalize_fingerprint(text: str) -> str:

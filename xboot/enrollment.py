@@ -11,6 +11,7 @@ from xboot.audit import record_issuance
 from xboot.errors import BadRequest, Forbidden
 from xboot.issuance import IssuedCertificate, build_certificate, check_csr, parse_csr
 from xboot.registration import load_registration_policy, validate_registration_id
+from xboot.revocation import check_enrollment
 from xboot.settings import Settings
 from xboot.signer import load_signer
 from xboot.storage import open_data_store
@@ -30,6 +31,7 @@ def enroll_csr(registration_id: str, csr: x509.CertificateSigningRequest, settin
     """The same path for a CSR its caller already parsed (EST reads the registration ID out of the CSR)."""
     registration_id = validate_registration_id(registration_id)
     key = check_csr(csr, registration_id)
+    check_enrollment(registration_id, key, settings)  # a dict lookup in the cached revocation list
     if not load_registration_policy(settings)(registration_id, csr):
         raise Forbidden(f"registration {registration_id} is not allowed to enroll", code="registration_refused")
     signer = load_signer(settings)

@@ -33,6 +33,11 @@ class NotFound(XbootError):
     code = "not_found"
 
 
+class Conflict(XbootError):
+    status = 409
+    code = "conflict"
+
+
 class PayloadTooLarge(XbootError):
     status = 413
     code = "payload_too_large"

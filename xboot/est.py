@@ -35,6 +35,7 @@ from xboot.errors import BadRequest, Forbidden, XbootError
 from xboot.http import ApiResponse, check_size
 from xboot.pki import sha256_fingerprint
 from xboot.registration import validate_registration_id
+from xboot.revocation import revoked
 from xboot.settings import Settings
 from xboot.signer import load_signer
 from xboot.storage import open_data_store
@@ -183,8 +184,8 @@ def check_current_certificate(certificate: x509.Certificate, registration_id: st
 
 
 def certificate_revoked(certificate: x509.Certificate, registration_id: str, settings: Settings) -> bool:
-    """The single revocation check for re-enrollment. There is no revocation list yet, so nothing is revoked."""
-    return False
+    """The single revocation check for re-enrollment: the certificate, its serial or its registration ID."""
+    return revoked(certificate, settings) is not None
 
 
 class _OidSet(core.SetOf):

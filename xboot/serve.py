@@ -33,6 +33,7 @@ _REASONS = {
     403: "Forbidden",
     404: "Not Found",
     405: "Method Not Allowed",
+    409: "Conflict",
     413: "Content Too Large",
     422: "Unprocessable Content",
     500: "Internal Server Error",

@@ -31,13 +31,17 @@ DEFAULT_CACHE_SECONDS = 300
 
 
 class CaKey(Protocol):
-    """A CA key that signs certificates: held in memory, or remote (Key Vault) and never exported."""
+    """A CA key that signs certificates and CRLs: held in memory, or remote (Key Vault) and never exported."""
 
     def public_key(self) -> PublicKey: ...
 
     def sign_certificate(
         self, builder: x509.CertificateBuilder, algorithm: hashes.HashAlgorithm
     ) -> x509.Certificate: ...
+
+    def sign_crl(
+        self, builder: x509.CertificateRevocationListBuilder, algorithm: hashes.HashAlgorithm
+    ) -> x509.CertificateRevocationList: ...
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,11 @@ class LocalKey:
         return self.private_key.public_key()
 
     def sign_certificate(self, builder: x509.CertificateBuilder, algorithm: hashes.HashAlgorithm) -> x509.Certificate:
+        return builder.sign(self.private_key, algorithm)
+
+    def sign_crl(
+        self, builder: x509.CertificateRevocationListBuilder, algorithm: hashes.HashAlgorithm
+    ) -> x509.CertificateRevocationList:
         return builder.sign(self.private_key, algorithm)
 
 

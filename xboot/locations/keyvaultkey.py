@@ -19,7 +19,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from asn1crypto import x509 as asn1_x509
+from asn1crypto import core
 from azure.core.exceptions import AzureError
 from azure.keyvault.keys.crypto import CryptographyClient, SignatureAlgorithm
 from cryptography import x509
@@ -84,24 +84,37 @@ class KeyVaultSigningKey:
         return self.ca_public_key
 
     def sign_certificate(self, builder: x509.CertificateBuilder, algorithm: hashes.HashAlgorithm) -> x509.Certificate:
-        remote_algorithm = _algorithm(self.ca_public_key, algorithm)
-        is_rsa = isinstance(self.ca_public_key, rsa.RSAPublicKey)
-        stand_in = builder.sign(_stand_in_key("rsa" if is_rsa else "ec"), algorithm)
-        digest = hashes.Hash(algorithm)
-        digest.update(stand_in.tbs_certificate_bytes)
-        signature = self._remote_sign(remote_algorithm, digest.finalize())
-        parsed = asn1_x509.Certificate.load(stand_in.public_bytes(Encoding.DER))
-        certificate = x509.load_der_x509_certificate(
-            asn1_x509.Certificate(
-                {
-                    "tbs_certificate": parsed["tbs_certificate"],
-                    "signature_algorithm": parsed["signature_algorithm"],
-                    "signature_value": signature,
-                }
-            ).dump()
-        )
-        self._verify(certificate, algorithm)
+        stand_in = builder.sign(self._stand_in(), algorithm)
+        der = self._resign(stand_in.public_bytes(Encoding.DER), stand_in.tbs_certificate_bytes, algorithm)
+        certificate = x509.load_der_x509_certificate(der)
+        self._verify(certificate.signature, certificate.tbs_certificate_bytes, algorithm)
         return certificate
+
+    def sign_crl(
+        self, builder: x509.CertificateRevocationListBuilder, algorithm: hashes.HashAlgorithm
+    ) -> x509.CertificateRevocationList:
+        stand_in = builder.sign(self._stand_in(), algorithm)
+        crl = x509.load_der_x509_crl(
+            self._resign(stand_in.public_bytes(Encoding.DER), stand_in.tbs_certlist_bytes, algorithm)
+        )
+        self._verify(crl.signature, crl.tbs_certlist_bytes, algorithm)
+        return crl
+
+    def _stand_in(self) -> PrivateKey:
+        return _stand_in_key("rsa" if isinstance(self.ca_public_key, rsa.RSAPublicKey) else "ec")
+
+    def _resign(self, stand_in: bytes, tbs: bytes, algorithm: hashes.HashAlgorithm) -> bytes:
+        """Key Vault's signature over `tbs`, in the stand-in's place.
+
+        Certificates and CRLs share one outer shape, SEQUENCE { tbs, signatureAlgorithm, signature BIT STRING }
+        (RFC 5280 sections 4.1 and 5.1), and the stand-in's signatureAlgorithm is already the right one.
+        """
+        remote_algorithm = _algorithm(self.ca_public_key, algorithm)
+        digest = hashes.Hash(algorithm)
+        digest.update(tbs)
+        signature = self._remote_sign(remote_algorithm, digest.finalize())
+        signature_algorithm = core.Sequence.load(stand_in)[1].dump()
+        return core.Sequence(contents=tbs + signature_algorithm + core.OctetBitString(signature).dump()).dump()
 
     def _remote_sign(self, algorithm: SignatureAlgorithm, digest: bytes) -> bytes:
         try:
@@ -118,14 +131,14 @@ class KeyVaultSigningKey:
             raise self._bad_signature()
         return encode_dss_signature(int.from_bytes(raw[:size], "big"), int.from_bytes(raw[size:], "big"))
 
-    def _verify(self, certificate: x509.Certificate, algorithm: hashes.HashAlgorithm) -> None:
-        """A signature that does not verify must never reach a device."""
+    def _verify(self, signature: bytes, tbs: bytes, algorithm: hashes.HashAlgorithm) -> None:
+        """A signature that does not verify must never reach a device (or a CRL consumer)."""
         key: Any = self.ca_public_key
         try:
             if isinstance(key, rsa.RSAPublicKey):
-                key.verify(certificate.signature, certificate.tbs_certificate_bytes, padding.PKCS1v15(), algorithm)
+                key.verify(signature, tbs, padding.PKCS1v15(), algorithm)
             else:
-                key.verify(certificate.signature, certificate.tbs_certificate_bytes, ec.ECDSA(algorithm))
+                key.verify(signature, tbs, ec.ECDSA(algorithm))
         except InvalidSignature:
             raise self._bad_signature() from None
 

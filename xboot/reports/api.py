@@ -21,6 +21,7 @@ from xboot.reports.trust import (
     trusts_issuing_ca,
 )
 from xboot.reports.verify import verify_signed_report
+from xboot.revocation import check_path
 from xboot.settings import Settings
 from xboot.storage import open_data_store
 
@@ -44,6 +45,7 @@ def submit_report(
     message = read_request(body, content_type)
     store = open_data_store(settings)
     verification = verify_signed_report(message, load_trust_anchors(store, settings), received_at)
+    check_path(verification.path, verification.path_fingerprints, settings)
     document = report_document(verification.content)
     if settings.boolean("RequireGatewayIdMatch", False) and verification.signer_common_name != document["gatewayId"]:
         raise Unprocessable("the signer certificate's CN must equal the report's gatewayId", code="gateway_mismatch")
