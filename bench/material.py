@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import base64
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.helpers import openssl
 from xboot.devca import DevelopmentCa, create_development_ca
 
 # Device key and CSR signature shapes: (label, genpkey args, req args).
@@ -33,13 +33,6 @@ extendedKeyUsage = clientAuth
 subjectKeyIdentifier = hash
 authorityKeyIdentifier = keyid
 """
-
-
-def openssl(*args: str, cwd: Path | None = None) -> bytes:
-    result = subprocess.run(["openssl", *args], cwd=cwd, capture_output=True, check=False)
-    if result.returncode != 0:
-        raise RuntimeError(f"openssl {' '.join(args)} failed: {result.stderr.decode(errors='replace')}")
-    return result.stdout
 
 
 @dataclass(frozen=True)

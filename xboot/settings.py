@@ -19,7 +19,7 @@ class Settings:
     """A read-only view of the app settings with typed accessors that name the setting at fault."""
 
     def __init__(self, values: Mapping[str, str]) -> None:
-        self._values = {k: v for k, v in values.items() if isinstance(v, str)}
+        self._values = values  # a live view: os.environ is read per lookup, never copied per request
 
     @classmethod
     def from_environ(cls) -> Settings:
