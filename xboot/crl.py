@@ -18,6 +18,7 @@ import base64
 import datetime as dt
 import json
 import logging
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from xboot.errors import BackendUnavailable
-from xboot.revocation import REASONS, RevocationList, audit_prefix, cache_seconds, load_revocations
+from xboot.revocation import REASONS, SERIAL, RevocationList, audit_prefix, cache_seconds, load_revocations
 from xboot.settings import Settings
 from xboot.signer import Signer, load_signer
 from xboot.storage import ObjectStore, open_data_store
@@ -41,6 +42,7 @@ BACKDATE = dt.timedelta(minutes=5)  # thisUpdate a little in the past: verifiers
 IN_FLIGHT_SECONDS = 120  # an enrollment that passed its revocation check has written its audit record by then
 KEEP = 3  # CRL objects kept: the current one and a few before it
 _CLAIM_ATTEMPTS = 5
+_KEY = re.compile(r"crl/[0-9]{20}\.json")
 
 
 @dataclass(frozen=True)
@@ -124,7 +126,7 @@ class _Latest:
     def get(self, store: ObjectStore, ttl: int, fresh: bool) -> PublishedCrl | None:
         if not fresh and time.monotonic() < self.expires:
             return self.crl
-        newer = store.list(PREFIX, after=self.checked_key)
+        newer = [k for k in store.list(PREFIX, after=self.checked_key) if _KEY.fullmatch(k)]
         if newer:
             data = store.read(newer[-1])
             self.checked_key = newer[-1]
@@ -134,6 +136,11 @@ class _Latest:
 
     def set(self, crl: PublishedCrl, ttl: int) -> None:
         self.crl, self.checked_key, self.expires = crl, crl.key, time.monotonic() + ttl
+
+    @property
+    def number(self) -> int:
+        """The newest CRL number in the store, from its object name: readable or not, the next one is higher."""
+        return 0 if self.checked_key is None else int(self.checked_key[len(PREFIX) :].removesuffix(".json"))
 
 
 _latest_lock = threading.Lock()
@@ -168,7 +175,7 @@ def published_crl(settings: Settings, now: dt.datetime | None = None) -> Publish
         crl = latest.get(store, ttl, fresh=True)
         if crl is not None and crl.current(source, now):
             return crl
-        crl = _publish(store, signer, revocations, source, crl, hours, ttl, now)
+        crl = _publish(store, signer, revocations, source, crl, latest.number + 1, hours, ttl, now)
         latest.set(crl, ttl)
         return crl
 
@@ -190,7 +197,8 @@ def _registrations(
             resolved[entry.id] = known
             continue
         prefix = audit_prefix(entry.value)
-        serials = tuple(key[len(prefix) :].removesuffix(".json") for key in store.list(prefix))
+        names = (key[len(prefix) :].removesuffix(".json") for key in store.list(prefix))
+        serials = tuple(name for name in names if SERIAL.fullmatch(name))
         resolved[entry.id] = Registration(serials, now >= entry.revoked_at + settle)
     return resolved
 
@@ -231,6 +239,7 @@ def _publish(
     revocations: RevocationList,
     source: str,
     previous: PublishedCrl | None,
+    number: int,
     hours: int,
     ttl: int,
     now: dt.datetime,
@@ -242,7 +251,6 @@ def _publish(
     for entry in revocations.entries:
         if entry.id in registrations and not registrations[entry.id].settled:
             refresh_at = min(refresh_at, entry.revoked_at + settle)
-    number = (previous.number if previous is not None else 0) + 1
     for _ in range(_CLAIM_ATTEMPTS):
         crl = build_crl(signer, revocations, registrations, number, now - BACKDATE, next_update)
         published = PublishedCrl(
@@ -267,5 +275,5 @@ def _publish(
 
 
 def _prune(store: ObjectStore) -> None:
-    for key in store.list(PREFIX)[:-KEEP]:
+    for key in [k for k in store.list(PREFIX) if _KEY.fullmatch(k)][:-KEEP]:
         store.delete(key)

@@ -31,10 +31,10 @@ def enroll_csr(registration_id: str, csr: x509.CertificateSigningRequest, settin
     """The same path for a CSR its caller already parsed (EST reads the registration ID out of the CSR)."""
     registration_id = validate_registration_id(registration_id)
     key = check_csr(csr, registration_id)
-    check_enrollment(registration_id, key, settings)  # a dict lookup in the cached revocation list
     if not load_registration_policy(settings)(registration_id, csr):
         raise Forbidden(f"registration {registration_id} is not allowed to enroll", code="registration_refused")
     signer = load_signer(settings)
+    check_enrollment(registration_id, key, settings)  # a dict lookup in the cached revocation list
     validity = dt.timedelta(days=settings.integer("CertificateValidityDays", 365, minimum=1, maximum=3650))
     now = dt.datetime.now(dt.UTC)
     issued = IssuedCertificate(registration_id, build_certificate(csr, key, signer, validity, now), signer)

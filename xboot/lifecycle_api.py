@@ -29,7 +29,8 @@ def _page_size(value: str | None) -> int:
 def revoke(body: bytes, settings: Settings, now: dt.datetime | None = None) -> ApiResponse:
     """201 with the new entry; 200 if the same thing was already revoked for the same reason (a retry)."""
     request = json_object(body)
-    given = [(name, field_ci(request, name)) for name in SELECTORS if field_ci(request, name) is not None]
+    values = {name: field_ci(request, name) for name in SELECTORS}
+    given = [(name, value) for name, value in values.items() if value is not None]
     if len(given) != 1:
         raise BadRequest(f"send exactly one of {', '.join(SELECTORS)}, and a reason", code="invalid_revocation")
     reason = revocation.normalize_reason(field_ci(request, "reason"))

@@ -4,6 +4,8 @@ Each revocation is one immutable object `revocations/<id>.json` in the data stor
 the audit log), written with `create`: concurrent revocations never overwrite one another, and since an
 object never changes once written, a refresh only reads the objects it has not seen (one listing plus
 the new ones). An id is the revocation time and a random suffix, so ids sort by time and are never reused.
+A cold instance first reads `revocation-cache/entries.json`, a copy of the entries that the last
+instance to read many of them left behind, instead of one read per entry.
 
 Checks that run per request (enrollment, reports, EST re-enrollment) use a per-process snapshot that is
 at most `RevocationCacheSeconds` (default 30) old: a dict lookup, no storage call. The instance that
@@ -36,7 +38,7 @@ from functools import cached_property
 from typing import Any
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
@@ -50,7 +52,7 @@ from xboot.errors import (
     Unprocessable,
 )
 from xboot.pki import PublicKey, is_pem, sha256_fingerprint
-from xboot.registration import validate_registration_id
+from xboot.registration import REGISTRATION_ID, validate_registration_id
 from xboot.reports.trust import normalize_fingerprint
 from xboot.settings import Settings
 from xboot.signer import load_signer
@@ -59,6 +61,8 @@ from xboot.storage import ObjectStore, open_data_store
 log = logging.getLogger(__name__)
 
 PREFIX = "revocations/"
+COMPACTED = "revocation-cache/entries.json"  # a copy of every entry, for instances starting cold
+COMPACT_AFTER = 32  # entry reads in one refresh that make it worth reading / writing the copy
 AUDIT_PREFIX = "certificates/"
 DEFAULT_CACHE_SECONDS = 30
 KINDS = ("serial", "fingerprint", "registrationId")
@@ -79,8 +83,7 @@ HOLD = "certificateHold"
 KEY_STAYS_VALID = frozenset({"superseded", "affiliationChanged"})  # the certificate was replaced, not distrusted
 _REASONS_CI = {name.lower(): name for name in REASONS}
 _ID = re.compile(r"[0-9]{8}T[0-9]{12}Z-[0-9a-f]{8}")
-_HEX = re.compile(r"[0-9A-F]+")
-MAX_SERIAL_HEX = 40  # RFC 5280: at most 20 octets
+SERIAL = re.compile(r"[0-9A-F]{1,40}")  # a normalised serial: RFC 5280 allows at most 20 octets
 
 
 # -- values ------------------------------------------------------------------------------------------
@@ -90,7 +93,7 @@ def normalize_serial(value: object) -> str:
     """Upper-case hex without leading zeros, from `0A:1B`, `0a1b`, `0x0A1B` (how openssl and others print it)."""
     text = value.strip().upper().replace(":", "").replace(" ", "") if isinstance(value, str) else ""
     text = text.removeprefix("0X").lstrip("0")
-    if not text or not _HEX.fullmatch(text) or len(text) > MAX_SERIAL_HEX:
+    if not SERIAL.fullmatch(text):
         raise BadRequest(
             "serialNumber must be a non-zero hexadecimal serial of at most 20 octets (colons optional)",
             code="invalid_serial",
@@ -168,10 +171,8 @@ class Revocation:
                 "revokedAt": _utc(self.revoked_at)}  # fmt: skip
 
     @classmethod
-    def from_json(cls, data: bytes, key: str) -> Revocation:
-        """Fail closed: an entry that cannot be read stops every check rather than being skipped."""
+    def parse(cls, document: Any, key: str) -> Revocation | None:
         try:
-            document = json.loads(data)
             entry = cls(
                 id=document["id"],
                 kind=document["kind"],
@@ -182,10 +183,21 @@ class Revocation:
                 registration_id=document["registrationId"],
                 public_keys=tuple(document["publicKeySha256"]),
             )
-            valid = entry.key == key and entry.kind in KINDS and entry.reason in REASONS
         except (ValueError, TypeError, KeyError, AttributeError):
-            valid = False
-        if not valid:
+            return None
+        valid = (
+            entry.kind in KINDS and entry.reason in REASONS and all(SERIAL.fullmatch(n) for n in entry.serial_numbers)
+        )
+        return entry if valid and entry.key == key else None
+
+    @classmethod
+    def from_json(cls, data: bytes, key: str) -> Revocation:
+        """Fail closed: an entry that cannot be read stops every check rather than being skipped."""
+        try:
+            entry = cls.parse(json.loads(data), key)
+        except ValueError:
+            entry = None
+        if entry is None:
             raise ConfigurationError(f"the stored revocation {key} is unreadable; restore or delete it")
         return entry
 
@@ -230,9 +242,6 @@ class RevocationList:
         """Changes whenever an entry is added or removed (entries themselves never change)."""
         return hashlib.sha256("\n".join(e.id for e in self.entries).encode()).hexdigest()
 
-    def get(self, revocation_id: str) -> Revocation | None:
-        return next((e for e in self.entries if e.id == revocation_id), None)
-
     def find(self, kind: str, value: str) -> Revocation | None:
         return next((e for e in self.entries if e.kind == kind and e.value == value), None)
 
@@ -269,39 +278,82 @@ class RevocationList:
 
 
 class _View:
-    """One data store's entries; refreshed incrementally because entries never change once written."""
+    """One data store's entries; refreshed incrementally because entries never change once written.
+
+    When the snapshot has merely expired and another request is already refreshing it, requests keep
+    using it rather than queue behind a listing; after `invalidate` (this instance changed the list)
+    they wait for the refresh.
+    """
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.entries: dict[str, Revocation] = {}
         self.snapshot = RevocationList.of(())
         self.expires = 0.0
+        self.current = False  # loaded at least once and not invalidated since
 
     def get(self, store: ObjectStore, ttl: int, fresh: bool) -> RevocationList:
         if not fresh and time.monotonic() < self.expires:
             return self.snapshot
-        with self.lock:  # one refresh at a time; waiting requests then use its result
-            if not fresh and time.monotonic() < self.expires:
-                return self.snapshot
-            current: dict[str, Revocation] = {}
-            for key in store.list(PREFIX):
-                entry = self.entries.get(key)
-                if entry is None:
-                    data = store.read(key)
-                    if data is None:  # deleted since the listing
-                        continue
-                    entry = Revocation.from_json(data, key)
-                current[key] = entry
-            if current.keys() != self.entries.keys():
-                self.entries = current
-                self.snapshot = RevocationList.of(current.values())
-            self.expires = time.monotonic() + ttl
+        if not self.lock.acquire(blocking=fresh or not self.current):
             return self.snapshot
+        try:
+            if fresh or time.monotonic() >= self.expires:
+                self._refresh(store)
+                self.expires = time.monotonic() + ttl
+                self.current = True
+            return self.snapshot
+        finally:
+            self.lock.release()
+
+    def _refresh(self, store: ObjectStore) -> None:
+        keys = store.list(PREFIX)
+        missing = [k for k in keys if k not in self.entries]
+        known = _read_compacted(store) if len(missing) >= COMPACT_AFTER else {}
+        current: dict[str, Revocation] = {}
+        read = 0
+        for key in keys:
+            entry = self.entries.get(key) or known.get(key)
+            if entry is None:
+                data = store.read(key)
+                if data is None:  # deleted since the listing
+                    continue
+                entry = Revocation.from_json(data, key)
+                read += 1
+            current[key] = entry
+        if current.keys() != self.entries.keys():
+            self.entries = current
+            self.snapshot = RevocationList.of(current.values())
+        if read >= COMPACT_AFTER:
+            _write_compacted(store, self.snapshot)
 
     def invalidate(self) -> None:
         """Under the lock: a refresh already running may have listed before our write, so it must not count."""
         with self.lock:
             self.expires = 0.0
+            self.current = False
+
+
+def _read_compacted(store: ObjectStore) -> dict[str, Revocation]:
+    """Entries another instance read already, so that a cold instance makes one read instead of one per entry.
+
+    Only ever a shortcut: which entries exist is decided by the listing, so a stale copy (missing new
+    entries, holding removed ones) changes nothing; an unreadable one is ignored.
+    """
+    data = store.read(COMPACTED)
+    try:
+        documents = json.loads(data) if data is not None else []
+        entries = [Revocation.parse(d, f"{PREFIX}{d['id']}.json") for d in documents]
+    except (ValueError, TypeError, KeyError):
+        entries = [None]
+    if None in entries:
+        log.warning("%s is unreadable; reading the revocations one by one", COMPACTED)
+        return {}
+    return {e.key: e for e in entries if e is not None}
+
+
+def _write_compacted(store: ObjectStore, revocations: RevocationList) -> None:
+    store.replace(COMPACTED, json.dumps([e.to_json() for e in revocations.entries]).encode())
 
 
 _views_lock = threading.Lock()
@@ -463,15 +515,18 @@ def _certificate_target(store: ObjectStore, value: object, settings: Settings) -
     """A fingerprint entry; if this CA signed the certificate, its serial goes into the CRL as well."""
     certificate = parse_certificate(value)
     fingerprint = sha256_fingerprint(certificate)
-    keys = (key_hash(certificate.public_key()),)
+    try:
+        keys: tuple[str, ...] = (key_hash(certificate.public_key()),)
+    except UnsupportedAlgorithm:  # a foreign certificate's key type: it can never enroll here anyway
+        keys = ()
     try:
         certificate.verify_directly_issued_by(load_signer(settings).certificate)
-    except (InvalidSignature, ValueError, TypeError):
+    except (InvalidSignature, ValueError, TypeError, UnsupportedAlgorithm):
         return Target("fingerprint", fingerprint, (), None, keys)
     serial = format(certificate.serial_number, "X")
     name = _common_name(certificate)
     record = None
-    if name is not None:
+    if name is not None and REGISTRATION_ID.fullmatch(name):  # signed by our key outside the service: no record
         record = read_audit_record(store, f"{audit_prefix(name)}{serial}.json")
     recorded = record is not None and record.get("sha256Fingerprint") == fingerprint
     return Target("fingerprint", fingerprint, (serial,), name if recorded else None, keys)

@@ -1,4 +1,4 @@
-"""Location 4 / KeyVaultKey: the CA key never leaves Key Vault; Key Vault signs every certificate.
+"""Location 4 / KeyVaultKey: the CA key never leaves Key Vault; Key Vault signs every certificate and CRL.
 
 `CertificateFile` names a Key Vault certificate whose key may be non-exportable and HSM-backed.
 Its public part is read once per `SignerCacheSeconds`; each issued certificate costs one Key Vault
@@ -9,7 +9,7 @@ object carries only the CA certificate itself).
 cryptography's CertificateBuilder signs only with a key it holds, so the TBS certificate is
 produced by signing with a stand-in key of the same type (the TBS depends on the key type and
 hash, never on the key), Key Vault signs that TBS, and the certificate is reassembled and
-verified with the CA's public key before it can reach a device.
+verified with the CA's public key before it can reach a device. CRLs are signed the same way.
 """
 
 from __future__ import annotations
