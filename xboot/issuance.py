@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
+import hashlib
 import secrets
 from dataclasses import dataclass
 from functools import cached_property
@@ -19,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from xboot.errors import BadRequest, ConfigurationError
-from xboot.pki import PublicKey, certificates_to_pem, describe_key, is_pem, sha256_fingerprint
+from xboot.pki import PublicKey, describe_key, is_pem
 from xboot.signer import Signer
 
 BACKDATE = dt.timedelta(minutes=5)
@@ -133,21 +134,26 @@ class IssuedCertificate:
         return format(self.certificate.serial_number, "X")
 
     @cached_property
+    def der(self) -> bytes:
+        """Encoded once: the fingerprint, the PEM and the response's base64 all derive from it."""
+        return self.certificate.public_bytes(serialization.Encoding.DER)
+
+    @cached_property
     def fingerprint(self) -> str:
-        """Cached: the audit record and the response both carry it."""
-        return sha256_fingerprint(self.certificate)
+        return hashlib.sha256(self.der).digest().hex(":").upper()
 
     @cached_property
     def pem(self) -> str:
-        """Cached: the audit record and the response chain both carry it."""
-        return certificates_to_pem([self.certificate])
+        encoded = base64.b64encode(self.der).decode("ascii")
+        lines = "\n".join(encoded[i : i + 64] for i in range(0, len(encoded), 64))  # RFC 7468: 64 columns
+        return f"-----BEGIN CERTIFICATE-----\n{lines}\n-----END CERTIFICATE-----\n"
 
     @property
     def not_after(self) -> dt.datetime:
         return self.certificate.not_valid_after_utc
 
     def certificate_der_b64(self) -> str:
-        return base64.b64encode(self.certificate.public_bytes(serialization.Encoding.DER)).decode("ascii")
+        return base64.b64encode(self.der).decode("ascii")
 
     def chain_pem(self) -> str:
         return self.pem + self.signer.chain_pem

@@ -19,21 +19,31 @@ class Settings:
     """A read-only view of the app settings with typed accessors that name the setting at fault."""
 
     def __init__(self, values: Mapping[str, str]) -> None:
-        self._values = values  # a live view: os.environ is read per lookup, never copied per request
+        # A view, not a copy: a request reads a few dozen names, each once (os.environ decodes per lookup).
+        self._values = values
+        self._seen: dict[str, str | None] = {}
 
     @classmethod
     def from_environ(cls) -> Settings:
+        """The settings for one request: made per request, so changed settings apply to the next one."""
         return cls(os.environ)
 
+    def _lookup(self, name: str) -> str | None:
+        try:
+            return self._seen[name]
+        except KeyError:
+            value = self._seen[name] = self._values.get(name)
+            return value
+
     def get(self, name: str, default: str | None = None) -> str | None:
-        value = self._values.get(name)
+        value = self._lookup(name)
         if value is None or not value.strip():
             return default
         return value.strip()
 
     def raw(self, name: str) -> str | None:
         """The value without trimming: PEM text and passwords are taken as written."""
-        value = self._values.get(name)
+        value = self._lookup(name)
         return value if value else None
 
     def require(self, name: str, purpose: str) -> str:
@@ -66,4 +76,4 @@ class Settings:
 
     def snapshot(self, names: tuple[str, ...]) -> tuple[str | None, ...]:
         """The raw values of `names`: a cache key that changes whenever any of them changes."""
-        return tuple(self._values.get(name) for name in names)
+        return tuple(self._lookup(name) for name in names)
