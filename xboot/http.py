@@ -60,6 +60,15 @@ def field_ci(document: Mapping[str, Any], name: str) -> Any:
     return None
 
 
+def page_size(value: str | None, default: int, maximum: int) -> int:
+    """The `limit` query parameter of a listing."""
+    if value is None:
+        return default
+    if not value.isdigit() or not 1 <= int(value) <= maximum:
+        raise BadRequest(f"limit must be a whole number from 1 to {maximum}", code="invalid_query")
+    return int(value)
+
+
 def error_body(error: XbootError) -> dict[str, str]:
     return {"error": error.code, "message": error.message}
 

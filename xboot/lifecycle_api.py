@@ -8,7 +8,7 @@ from typing import Any
 
 from xboot import crl, revocation
 from xboot.errors import BadRequest
-from xboot.http import ApiResponse, field_ci, json_object
+from xboot.http import ApiResponse, field_ci, json_object, page_size
 from xboot.registration import validate_registration_id
 from xboot.settings import Settings
 from xboot.storage import open_data_store
@@ -16,14 +16,6 @@ from xboot.storage import open_data_store
 SELECTORS = ("serialNumber", "fingerprint", "registrationId", "certificate")
 DEFAULT_PAGE = 100
 MAX_PAGE = 1000
-
-
-def _page_size(value: str | None) -> int:
-    if value is None:
-        return DEFAULT_PAGE
-    if not value.isdigit() or not 1 <= int(value) <= MAX_PAGE:
-        raise BadRequest(f"limit must be a whole number from 1 to {MAX_PAGE}", code="invalid_query")
-    return int(value)
 
 
 def revoke(body: bytes, settings: Settings, now: dt.datetime | None = None) -> ApiResponse:
@@ -45,7 +37,7 @@ def revoke(body: bytes, settings: Settings, now: dt.datetime | None = None) -> A
 
 def list_revocations(query: Mapping[str, str], settings: Settings) -> ApiResponse:
     """Oldest first; `continuationToken` is the last id of the previous page."""
-    limit = _page_size(query.get("limit"))
+    limit = page_size(query.get("limit"), DEFAULT_PAGE, MAX_PAGE)
     after = query.get("continuationToken") or None
     if after is not None and not revocation.is_revocation_id(after):
         raise BadRequest("continuationToken is not one this service returned", code="invalid_token")
@@ -93,7 +85,7 @@ def list_certificates(query: Mapping[str, str], settings: Settings) -> ApiRespon
     if not value:
         raise BadRequest("query parameter registrationId is required", code="invalid_query")
     registration_id = validate_registration_id(value)
-    limit = _page_size(query.get("limit"))
+    limit = page_size(query.get("limit"), DEFAULT_PAGE, MAX_PAGE)
     prefix = revocation.audit_prefix(registration_id)
     token = query.get("continuationToken") or None
     if token is not None:

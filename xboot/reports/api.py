@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from xboot.errors import BadRequest, NotFound, Unprocessable
-from xboot.http import ApiResponse, check_size, field_ci, json_object
+from xboot.http import ApiResponse, check_size, field_ci, json_object, page_size
 from xboot.reports.smime import read_request, report_document
 from xboot.reports.store import Kind, is_report_id, list_reports, read_report, store_report
 from xboot.reports.trust import (
@@ -60,14 +60,6 @@ def submit_report(
     )
 
 
-def _page_size(value: str | None) -> int:
-    if value is None:
-        return DEFAULT_PAGE
-    if not value.isdigit() or not 1 <= int(value) <= MAX_PAGE:
-        raise BadRequest(f"limit must be a whole number from 1 to {MAX_PAGE}", code="invalid_query")
-    return int(value)
-
-
 def get_reports(kind: Kind, query: Mapping[str, str], settings: Settings) -> ApiResponse:
     gateway_id = query.get("gatewayId")
     if not gateway_id:
@@ -76,7 +68,7 @@ def get_reports(kind: Kind, query: Mapping[str, str], settings: Settings) -> Api
         open_data_store(settings),
         kind,
         gateway_id,
-        _page_size(query.get("limit")),
+        page_size(query.get("limit"), DEFAULT_PAGE, MAX_PAGE),
         query.get("continuationToken") or None,
     )
     return ApiResponse(
