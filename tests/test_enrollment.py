@@ -366,3 +366,23 @@ def test_rsa_pss_csr_with_wrong_salt_still_verifies_signature(app_env, functions
     forged[-3] ^= 0x40
     status, body = enroll(functions, "pss", base64.b64encode(bytes(forged)).decode())
     assert (status, body["error"]) == (400, "bad_csr_signature")
+
+
+def test_crl_distribution_point_setting(app_env, functions, monkeypatch, tmp_path):
+    csr = make_csr(tmp_path, "cdp-1")
+    status, body = enroll(functions, "cdp-1", csr.b64)
+    assert status == 200
+    with pytest.raises(x509.ExtensionNotFound):
+        leaf_of(body).extensions.get_extension_for_class(x509.CRLDistributionPoints)
+    monkeypatch.setenv("CrlDistributionPointUrl", "http://pki.example.com/api/crl")
+    status, body = enroll(functions, "cdp-1", csr.b64)
+    assert status == 200
+    points = leaf_of(body).extensions.get_extension_for_class(x509.CRLDistributionPoints).value
+    assert [name.value for name in points[0].full_name] == ["http://pki.example.com/api/crl"]
+    (tmp_path / "leaf.pem").write_text(body["certificateChain"])
+    assert b"URI:http://pki.example.com/api/crl" in openssl(
+        "x509", "-in", str(tmp_path / "leaf.pem"), "-noout", "-text"
+    )
+    monkeypatch.setenv("CrlDistributionPointUrl", "ftp://nope")
+    status, body = enroll(functions, "cdp-1", csr.b64)
+    assert (status, body["error"]) == (500, "configuration_error") and "CrlDistributionPointUrl" in body["message"]

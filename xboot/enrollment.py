@@ -8,7 +8,7 @@ import logging
 from cryptography import x509
 
 from xboot.audit import record_issuance
-from xboot.errors import BadRequest, Forbidden
+from xboot.errors import BadRequest, ConfigurationError, Forbidden
 from xboot.issuance import IssuedCertificate, build_certificate, check_csr, parse_csr
 from xboot.registration import load_registration_policy, validate_registration_id
 from xboot.revocation import check_enrollment
@@ -17,6 +17,13 @@ from xboot.signer import load_signer
 from xboot.storage import open_data_store
 
 log = logging.getLogger(__name__)
+
+
+def crl_distribution_point(settings: Settings) -> str | None:
+    url = settings.get("CrlDistributionPointUrl")
+    if url is not None and not url.startswith(("http://", "https://")):
+        raise ConfigurationError("setting CrlDistributionPointUrl must be an http:// or https:// URL")
+    return url
 
 
 def enroll(registration_id: object, csr_text: object, settings: Settings) -> IssuedCertificate:
@@ -37,7 +44,8 @@ def enroll_csr(registration_id: str, csr: x509.CertificateSigningRequest, settin
     check_enrollment(registration_id, key, settings)  # a dict lookup in the cached revocation list
     validity = dt.timedelta(days=settings.integer("CertificateValidityDays", 365, minimum=1, maximum=3650))
     now = dt.datetime.now(dt.UTC)
-    issued = IssuedCertificate(registration_id, build_certificate(csr, key, signer, validity, now), signer)
+    certificate = build_certificate(csr, key, signer, validity, now, crl_distribution_point(settings))
+    issued = IssuedCertificate(registration_id, certificate, signer)
     record_issuance(open_data_store(settings), issued, now)
     log.info("issued certificate %s to %s", issued.serial_number, registration_id)
     return issued

@@ -88,6 +88,7 @@ def build_certificate(
     signer: Signer,
     validity: dt.timedelta,
     now: dt.datetime,
+    crl_url: str | None = None,
 ) -> x509.Certificate:
     not_after = min(now + validity, signer.certificate.not_valid_after_utc)
     if not_after <= now:
@@ -120,6 +121,9 @@ def build_certificate(
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key), critical=False)
         .add_extension(signer.authority_key_identifier, critical=False)
     )
+    if crl_url is not None:  # where relying parties fetch /api/crl: revocation then bites there too
+        point = x509.DistributionPoint([x509.UniformResourceIdentifier(crl_url)], None, None, None)
+        builder = builder.add_extension(x509.CRLDistributionPoints([point]), critical=False)
     return signer.sign(builder)
 
 
