@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
-import socket
 import subprocess
 import sys
 import threading
@@ -23,16 +21,11 @@ from typing import Any
 
 from bench.material import make_csrs
 from bench.timing import percentile
+from tests.fixtures.live_server import clean_environment, free_port, wait_for_port
 
 ROOT = Path(__file__).resolve().parent.parent
 CONCURRENCY = (1, 8, 64)
 SERVER_THREADS = 8
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 class Server:
@@ -41,24 +34,18 @@ class Server:
     def __init__(self, work: Path) -> None:
         self.port = free_port()
         self.log = work / "serve.log"
-        env = {k: v for k, v in os.environ.items() if not k[:1].isupper() or k in ("PATH", "HOME", "LANG")}
-        env.update({"DataDirectory": str(work / "data"), "PYTHONUNBUFFERED": "1"})
+        env = clean_environment({"DataDirectory": str(work / "data")})
         with self.log.open("wb") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "xboot", "serve", "--app-dir", str(ROOT), "--port", str(self.port),
                  "--threads", str(SERVER_THREADS)],
                 cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )  # fmt: skip
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"xboot serve exited: {self.log.read_text()[-2000:]}")
-            with socket.socket() as probe:
-                if probe.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return
-            time.sleep(0.05)
-        self.stop()
-        raise RuntimeError("xboot serve did not start listening within 60 s")
+        try:
+            wait_for_port(self.process, self.port, self.log, timeout=60)
+        except RuntimeError:
+            self.stop()
+            raise
 
     def stop(self) -> None:
         self.process.terminate()

@@ -3,50 +3,34 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 import function_app
+from tests.fixtures.live_server import clean_environment, free_port, wait_for_port
 from tests.helpers import openssl
 from xboot.serve import RouteTable
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_serve(tmp_path: Path, *args: str) -> tuple[subprocess.Popen, str]:
+    """`xboot serve` with no Location at all: the development CA default the README's first command shows."""
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k[:1].isupper() or k in ("PATH", "HOME", "LANG")}
-    env["DataDirectory"] = str(tmp_path / "data")  # no Location: the development CA default
-    log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115 - closed with the process
-    process = subprocess.Popen(
-        [sys.executable, "-m", "xboot", "serve", "--port", str(port), "--app-dir", str(ROOT), *args],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return process, f"http://127.0.0.1:{port}"
-        except OSError:
-            assert process.poll() is None, (tmp_path / "serve.log").read_text()
-            time.sleep(0.1)
-    process.kill()
-    raise AssertionError("xboot serve did not start")
+    log_path = tmp_path / "serve.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "xboot", "serve", "--port", str(port), "--app-dir", str(ROOT), *args],
+            env=clean_environment({"DataDirectory": str(tmp_path / "data")}),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    wait_for_port(process, port, log_path, timeout=20)
+    return process, f"http://127.0.0.1:{port}"
 
 
 @pytest.fixture
