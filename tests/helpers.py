@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import base64
+import json
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import pytest
+
+from xboot.cli import EXIT_OK, main
 
 
 def openssl(*args: str, cwd: Path | None = None, stdin: bytes | None = None) -> bytes:
@@ -33,3 +39,32 @@ def make_csr(directory: Path, registration_id: str, key_args: list[str] | None =
     openssl("genpkey", *(key_args or ["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"]), "-out", str(key))
     der = openssl("req", "-new", "-key", str(key), "-subj", f"/CN={registration_id}", "-outform", "DER", *extra)
     return DeviceCsr(key, der)
+
+
+@dataclass
+class CliRunner:
+    """`xboot ...` run in-process with its output captured, pointed at one server and its keys."""
+
+    capsys: pytest.CaptureFixture[str]
+    url: str
+    function_key: str | None
+    admin_key: str | None
+
+    def __call__(self, *argv: str) -> tuple[int, str, str]:
+        self.capsys.readouterr()
+        code = main(list(argv))
+        out, err = self.capsys.readouterr()
+        return code, out, err
+
+    def json(self, *argv: str, expect: int = EXIT_OK) -> Any:
+        code, out, err = self(*argv, "--json")
+        assert code == expect, f"exit {code}\nstdout: {out}\nstderr: {err}"
+        return json.loads(out)
+
+    @property
+    def device(self) -> list[str]:
+        return ["--url", self.url, "--code", str(self.function_key)]
+
+    @property
+    def admin(self) -> list[str]:
+        return ["--url", self.url, "--admin-key", str(self.admin_key)]

@@ -20,7 +20,7 @@ import pytest
 from cryptography import x509
 
 from tests.fixtures.live_server import ROOT, LiveServer, free_port
-from tests.helpers import openssl
+from tests.helpers import CliRunner, openssl
 from xboot.cli import (
     EXIT_LOCAL,
     EXIT_OK,
@@ -29,7 +29,6 @@ from xboot.cli import (
     EXIT_UNAVAILABLE,
     EXIT_USAGE,
     EXIT_VERIFICATION,
-    main,
 )
 from xboot.client import XbootClient
 from xboot.devca import create_development_ca
@@ -48,31 +47,12 @@ def _no_client_environment(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name, raising=False)
 
 
-class Cli:
-    """`xboot ...` in-process; output captured."""
+class Cli(CliRunner):
+    """The CLI against the session's live server."""
 
     def __init__(self, capsys: pytest.CaptureFixture[str], server: LiveServer) -> None:
-        self.capsys = capsys
+        super().__init__(capsys, server.url, server.function_key, server.admin_key)
         self.server = server
-
-    def __call__(self, *argv: str) -> tuple[int, str, str]:
-        self.capsys.readouterr()
-        code = main(list(argv))
-        out, err = self.capsys.readouterr()
-        return code, out, err
-
-    def json(self, *argv: str, expect: int = EXIT_OK) -> Any:
-        code, out, err = self(*argv, "--json")
-        assert code == expect, f"exit {code}\nstdout: {out}\nstderr: {err}"
-        return json.loads(out)
-
-    @property
-    def device(self) -> list[str]:
-        return ["--url", self.server.url, "--code", str(self.server.function_key)]
-
-    @property
-    def admin(self) -> list[str]:
-        return ["--url", self.server.url, "--admin-key", str(self.server.admin_key)]
 
     def enroll(self, directory: Path, registration_id: str, *extra: str) -> dict[str, Any]:
         return self.json("enroll", *self.device, "--registration-id", registration_id, "--out", str(directory), *extra)

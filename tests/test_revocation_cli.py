@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +16,8 @@ import pytest
 import waitress
 from cryptography import x509
 
-from tests.helpers import openssl
-from xboot.cli import EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_VERIFICATION, main
+from tests.helpers import CliRunner, openssl
+from xboot.cli import EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_VERIFICATION
 from xboot.client import XbootClient
 from xboot.serve import FunctionsWsgiApp, Keys
 
@@ -26,55 +25,30 @@ FUNCTION_KEY = "device-key-123"
 ADMIN_KEY = "admin-key-456"
 
 
-@dataclass
-class Cli:
-    url: str
-    capsys: pytest.CaptureFixture[str]
-
-    def __call__(self, *argv: str) -> tuple[int, str, str]:
-        self.capsys.readouterr()
-        code = main(list(argv))
-        out, err = self.capsys.readouterr()
-        return code, out, err
-
-    def json(self, *argv: str, expect: int = EXIT_OK) -> Any:
-        code, out, err = self(*argv, "--json")
-        assert code == expect, f"exit {code}\nstdout: {out}\nstderr: {err}"
-        return json.loads(out)
-
-    @property
-    def device(self) -> list[str]:
-        return ["--url", self.url, "--code", FUNCTION_KEY]
-
-    @property
-    def admin(self) -> list[str]:
-        return ["--url", self.url, "--admin-key", ADMIN_KEY]
-
-
 @pytest.fixture
-def cli(app_env, functions, capsys, monkeypatch) -> Iterator[Cli]:
+def cli(app_env, functions, capsys, monkeypatch) -> Iterator[CliRunner]:
     for name in ("XBOOT_URL", "XBOOT_FUNCTION_KEY", "XBOOT_ADMIN_KEY", "XBOOT_PFX_PASSWORD"):
         monkeypatch.delenv(name, raising=False)
     app = FunctionsWsgiApp(functions.table, Keys(function=FUNCTION_KEY, admin=ADMIN_KEY))
     server = waitress.create_server(app, host="127.0.0.1", port=0, threads=4)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    yield Cli(f"http://127.0.0.1:{server.effective_port}", capsys)
+    yield CliRunner(capsys, f"http://127.0.0.1:{server.effective_port}", FUNCTION_KEY, ADMIN_KEY)
     server.close()
 
 
-def enroll(cli: Cli, directory: Path, registration_id: str) -> dict[str, Any]:
+def enroll(cli: CliRunner, directory: Path, registration_id: str) -> dict[str, Any]:
     return cli.json("enroll", *cli.device, "--registration-id", registration_id, "--out", str(directory))
 
 
-def signed_report(cli: Cli, device: Path, gateway_id: str) -> Path:
+def signed_report(cli: CliRunner, device: Path, gateway_id: str) -> Path:
     report = device / "report.json"
     report.write_text(json.dumps({"timeStamp": "1", "gatewayId": gateway_id, "values": []}))
     cli.json("sign-report", str(report), "--device", str(device))
     return device / "report.json.signed"
 
 
-def test_revoked_device_cannot_upload_or_renew_until_its_hold_ends(cli: Cli, tmp_path: Path) -> None:
+def test_revoked_device_cannot_upload_or_renew_until_its_hold_ends(cli: CliRunner, tmp_path: Path) -> None:
     device = tmp_path / "device"
     enrolled = enroll(cli, device, "cli-dev-1")
     signed = signed_report(cli, device, "cli-dev-1")
@@ -100,7 +74,7 @@ def test_revoked_device_cannot_upload_or_renew_until_its_hold_ends(cli: Cli, tmp
     assert renewed["renewed"] is True and renewed["serialNumber"] != enrolled["serialNumber"]
 
 
-def test_revoke_by_certificate_file_blocks_renewal_with_its_key(cli: Cli, tmp_path: Path) -> None:
+def test_revoke_by_certificate_file_blocks_renewal_with_its_key(cli: CliRunner, tmp_path: Path) -> None:
     device = tmp_path / "device"
     enrolled = enroll(cli, device, "cli-dev-2")
     entry = cli.json("revoke", *cli.admin, "--cert", str(device / "device.crt"), "--reason", "keyCompromise")
@@ -117,7 +91,7 @@ def test_revoke_by_certificate_file_blocks_renewal_with_its_key(cli: Cli, tmp_pa
     assert again["duplicate"] is True and again["id"] == entry["id"]
 
 
-def test_human_output_of_revoke_list_and_certificates(cli: Cli, tmp_path: Path) -> None:
+def test_human_output_of_revoke_list_and_certificates(cli: CliRunner, tmp_path: Path) -> None:
     enrolled = enroll(cli, tmp_path / "device", "cli-dev-3")
     code, out, err = cli("revoke", *cli.admin, "--serial", enrolled["serialNumber"].lower(), "--reason", "superseded")
     assert code == EXIT_OK and out.startswith("revoked: ") and "superseded" in out and "device cli-dev-3" in out
@@ -133,7 +107,7 @@ def test_human_output_of_revoke_list_and_certificates(cli: Cli, tmp_path: Path) 
     assert code == EXIT_OK and "no certificates recorded for nobody" in out
 
 
-def test_revoke_refusals_and_usage(cli: Cli) -> None:
+def test_revoke_refusals_and_usage(cli: CliRunner) -> None:
     refused = cli.json("revoke", *cli.admin, "--serial", "xyz", expect=EXIT_REFUSED)
     assert refused["status"] == 400 and refused["error"] == "invalid_serial"
     refused = cli.json("revoke", *cli.admin, "--serial", "A1", "--reason", "removeFromCRL", expect=EXIT_REFUSED)
@@ -147,7 +121,7 @@ def test_revoke_refusals_and_usage(cli: Cli) -> None:
     assert refused["status"] == 401
 
 
-def test_crl_download_verifies_against_the_issuer(cli: Cli, tmp_path: Path, session_ca) -> None:
+def test_crl_download_verifies_against_the_issuer(cli: CliRunner, tmp_path: Path, session_ca) -> None:
     enrolled = enroll(cli, tmp_path / "device", "cli-dev-4")
     cli.json("revoke", *cli.admin, "--registration-id", "cli-dev-4", "--reason", "keyCompromise")
     out = tmp_path / "crl.pem"
@@ -160,7 +134,7 @@ def test_crl_download_verifies_against_the_issuer(cli: Cli, tmp_path: Path, sess
     assert "not signed" in refused["message"]
 
 
-def test_client_library_follows_pages(cli: Cli, tmp_path: Path, monkeypatch) -> None:
+def test_client_library_follows_pages(cli: CliRunner, tmp_path: Path, monkeypatch) -> None:
     import xboot.lifecycle_api
 
     monkeypatch.setattr(xboot.lifecycle_api, "DEFAULT_PAGE", 2)
@@ -178,7 +152,9 @@ def test_client_library_follows_pages(cli: Cli, tmp_path: Path, monkeypatch) -> 
     ("option", "code"),
     [("--serial", "key_revoked"), ("--cert", "key_revoked"), ("--registration-id", "registration_revoked")],
 )
-def test_xboot_renew_is_refused_after_revoking_by_each_option(option: str, code: str, cli: Cli, tmp_path: Path) -> None:
+def test_xboot_renew_is_refused_after_revoking_by_each_option(
+    option: str, code: str, cli: CliRunner, tmp_path: Path
+) -> None:
     device = tmp_path / "device"
     registration_id = f"cli-renew{option.replace('-', '')}"
     enrolled = enroll(cli, device, registration_id)
