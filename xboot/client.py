@@ -41,6 +41,7 @@ from cryptography.x509.oid import NameOID
 
 from xboot.devca import KEY_TYPES, generate_key
 from xboot.pki import PrivateKey, sha256_fingerprint
+from xboot.pki import normalize_fingerprint as pki_normalize_fingerprint
 from xboot.smime_sign import key_matches
 
 __all__ = [
@@ -74,7 +75,6 @@ REVOCATION_SELECTORS = ("serialNumber", "fingerprint", "registrationId", "certif
 TRUST_SETTING = "soup.report.validation.trusted.cert.fingerprints"
 MAX_RESPONSE_BYTES = 1024 * 1024
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
-_FINGERPRINT_HEX = re.compile(r"[0-9A-Fa-f]{64}")
 _UNSAFE_FILENAME = re.compile(r"[^A-Za-z0-9._-]")
 
 
@@ -424,13 +424,11 @@ class XbootClient:
 
 def normalize_fingerprint(text: str) -> str:
     """`bb:ea:...`, `BBEA...` or `sha256 Fingerprint=BB:EA:...` to the `BB:EA:...` form the trust API takes."""
-    value = text.strip()
-    if "=" in value:
-        value = value.rsplit("=", 1)[1]
-    hex_digits = value.replace(":", "").replace(" ", "")
-    if not _FINGERPRINT_HEX.fullmatch(hex_digits):
+    value = text.strip().rsplit("=", 1)[-1].replace(" ", "")
+    normalized = pki_normalize_fingerprint(value)
+    if normalized is None:
         raise ClientError(f"not a SHA-256 fingerprint (64 hex digits, colons optional): {text.strip()[:80]!r}")
-    return ":".join(hex_digits[i : i + 2] for i in range(0, 64, 2)).upper()
+    return normalized
 
 
 # -- keys and CSRs ---------------------------------------------------------------------------------

@@ -117,6 +117,22 @@ def load_pkcs12_bundle(data: bytes, password: bytes | None, setting: str) -> Key
     )
 
 
+_HEX64 = re.compile(r"[0-9A-F]{64}")
+_COLON_FORM = re.compile(r"[0-9A-F]{2}(?::[0-9A-F]{2}){31}")
+
+
+def normalize_fingerprint(value: object) -> str | None:
+    """`BB:EA:...` (what `openssl x509 -fingerprint -sha256` prints) from that form or plain hex, any case."""
+    if not isinstance(value, str):
+        return None
+    text = value.strip().upper()
+    if _COLON_FORM.fullmatch(text):
+        return text
+    if _HEX64.fullmatch(text):
+        return ":".join(text[i : i + 2] for i in range(0, 64, 2))
+    return None
+
+
 def sha256_fingerprint(certificate: x509.Certificate) -> str:
     """`BB:EA:2A:...`: the form `openssl x509 -fingerprint -sha256` prints and the trust API takes."""
     return certificate.fingerprint(hashes.SHA256()).hex(":").upper()

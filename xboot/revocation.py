@@ -51,9 +51,8 @@ from xboot.errors import (
     NotFound,
     Unprocessable,
 )
-from xboot.pki import PublicKey, is_pem, sha256_fingerprint
+from xboot.pki import PublicKey, is_pem, normalize_fingerprint, sha256_fingerprint
 from xboot.registration import REGISTRATION_ID, validate_registration_id
-from xboot.reports.trust import normalize_fingerprint
 from xboot.settings import Settings
 from xboot.signer import load_signer
 from xboot.storage import ObjectStore, open_data_store

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import re
 from dataclasses import dataclass
 
 from cryptography import x509
 
 from xboot.errors import BadRequest, ConfigurationError
+from xboot.pki import normalize_fingerprint
 from xboot.settings import Settings
 from xboot.signer import load_signer
 from xboot.storage import ObjectStore
@@ -28,8 +28,6 @@ from xboot.storage import ObjectStore
 CONFIG_NAME = "soup.report.validation.trusted.cert.fingerprints"
 CONFIG_KEY = f"tenant-config/{CONFIG_NAME}.json"
 MAX_FINGERPRINTS = 100
-_HEX64 = re.compile(r"[0-9A-F]{64}")
-_COLON_FORM = re.compile(r"[0-9A-F]{2}(?::[0-9A-F]{2}){31}")
 
 
 @dataclass(frozen=True)
@@ -45,18 +43,6 @@ class TrustList:
     fingerprints: tuple[str, ...]
     source: str  # "tenant-config", "setting" or "none"
     updated_at: str | None = None
-
-
-def normalize_fingerprint(value: object) -> str | None:
-    """`BB:EA:...` (what `openssl x509 -fingerprint -sha256` prints) from that form or plain hex, any case."""
-    if not isinstance(value, str):
-        return None
-    text = value.strip().upper()
-    if _COLON_FORM.fullmatch(text):
-        return text
-    if _HEX64.fullmatch(text):
-        return ":".join(text[i : i + 2] for i in range(0, 64, 2))
-    return None
 
 
 def _dedupe(values: list[str]) -> tuple[str, ...]:
