@@ -8,14 +8,36 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from typing import Any
 
 from xboot.errors import BackendUnavailable
 from xboot.issuance import IssuedCertificate
 from xboot.storage import ObjectStore
 
+AUDIT_PREFIX = "certificates/"
+
+
+def audit_prefix(registration_id: str) -> str:
+    """Where one device's records are: what it was issued is a prefix listing."""
+    return f"{AUDIT_PREFIX}{registration_id.lower()}/"
+
 
 def audit_key(registration_id: str, serial_number: str) -> str:
-    return f"certificates/{registration_id.lower()}/{serial_number}.json"
+    return f"{audit_prefix(registration_id)}{serial_number}.json"
+
+
+def read_audit_record(store: ObjectStore, key: str) -> dict[str, Any] | None:
+    """None if there is no such record; a record that exists but cannot be read is a storage fault."""
+    data = store.read(key)
+    if data is None:
+        return None
+    try:
+        record = json.loads(data)
+    except ValueError:
+        record = None
+    if not isinstance(record, dict):
+        raise BackendUnavailable(f"the audit record {key} is unreadable")
+    return record
 
 
 def record_issuance(store: ObjectStore, issued: IssuedCertificate, issued_at: dt.datetime) -> None:

@@ -40,7 +40,7 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import NameOID
 
 from xboot.devca import KEY_TYPES, generate_key
-from xboot.pki import PrivateKey, sha256_fingerprint
+from xboot.pki import PrivateKey, common_name, sha256_fingerprint
 from xboot.pki import normalize_fingerprint as pki_normalize_fingerprint
 from xboot.smime_sign import key_matches
 
@@ -561,8 +561,7 @@ def verify_enrollment(
     certificate = enrollment.certificate
     if not key_matches(certificate, key):
         raise VerificationFailed("the certificate returned is not for this device's key")
-    names = certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    if [n.value for n in names] != [enrollment.registration_id]:
+    if common_name(certificate.subject) != enrollment.registration_id:
         raise VerificationFailed(
             f"the certificate returned is for {certificate.subject.rfc4514_string()}, "
             f"not CN={enrollment.registration_id}"
@@ -666,10 +665,10 @@ class DeviceIdentity:
 
     @property
     def registration_id(self) -> str:
-        names = self.certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-        if len(names) != 1 or not isinstance(names[0].value, str):
+        name = common_name(self.certificate.subject)
+        if name is None:
             raise ClientError("the device certificate has no single CN to take the registration ID from")
-        return names[0].value
+        return name
 
 
 @dataclass(frozen=True)

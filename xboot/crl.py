@@ -27,8 +27,9 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from xboot.audit import audit_prefix
 from xboot.errors import BackendUnavailable
-from xboot.revocation import REASONS, SERIAL, RevocationList, audit_prefix, cache_seconds, load_revocations
+from xboot.revocation import REASONS, SERIAL, RevocationList, cache_seconds, load_revocations
 from xboot.settings import Settings
 from xboot.signer import Signer, load_signer
 from xboot.storage import ObjectStore, open_data_store

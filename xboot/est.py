@@ -27,13 +27,12 @@ from asn1crypto import core
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.serialization import Encoding, pkcs7
-from cryptography.x509.oid import NameOID
 
 from xboot.audit import audit_key
 from xboot.enrollment import enroll_csr
 from xboot.errors import BadRequest, Forbidden, XbootError
 from xboot.http import ApiResponse, check_size
-from xboot.pki import sha256_fingerprint
+from xboot.pki import common_name, sha256_fingerprint
 from xboot.registration import validate_registration_id
 from xboot.revocation import revoked
 from xboot.settings import Settings
@@ -97,11 +96,11 @@ def read_csr(body: bytes) -> x509.CertificateSigningRequest:
 
 def registration_id_of(csr: x509.CertificateSigningRequest) -> str:
     """The subject's single CN, held to the registration ID rules (DPS takes the ID from the CN too)."""
-    names = csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    if len(names) != 1 or not isinstance(names[0].value, str):
+    name = common_name(csr.subject)
+    if name is None:
         raise BadRequest("the CSR subject must have exactly one CN: the registration ID", code="cn_mismatch")
     try:
-        return validate_registration_id(names[0].value)
+        return validate_registration_id(name)
     except BadRequest as error:
         raise BadRequest(f"the CSR's CN is the registration ID: {error.message}", code=error.code) from None
 

@@ -17,10 +17,10 @@ from functools import cached_property
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from xboot.errors import BadRequest, ConfigurationError
-from xboot.pki import PublicKey, describe_key, is_pem
+from xboot.pki import PublicKey, common_name, describe_key, is_pem
 from xboot.signer import Signer
 
 BACKDATE = dt.timedelta(minutes=5)
@@ -71,8 +71,7 @@ def check_csr(csr: x509.CertificateSigningRequest, registration_id: str) -> Publ
         valid = False
     if not valid:
         raise BadRequest("the CSR signature does not verify (proof of possession failed)", code="bad_csr_signature")
-    names = csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    if len(names) != 1 or names[0].value != registration_id:
+    if common_name(csr.subject) != registration_id:
         raise BadRequest("the CSR subject must have exactly one CN, equal to RegistrationId", code="cn_mismatch")
     return checked
 

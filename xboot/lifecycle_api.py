@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from xboot import crl, revocation
+from xboot.audit import audit_prefix, read_audit_record
 from xboot.errors import BadRequest
 from xboot.http import ApiResponse, field_ci, json_object, page_size
 from xboot.registration import validate_registration_id
@@ -86,7 +87,7 @@ def list_certificates(query: Mapping[str, str], settings: Settings) -> ApiRespon
         raise BadRequest("query parameter registrationId is required", code="invalid_query")
     registration_id = validate_registration_id(value)
     limit = page_size(query.get("limit"), DEFAULT_PAGE, MAX_PAGE)
-    prefix = revocation.audit_prefix(registration_id)
+    prefix = audit_prefix(registration_id)
     token = query.get("continuationToken") or None
     if token is not None:
         try:
@@ -99,7 +100,7 @@ def list_certificates(query: Mapping[str, str], settings: Settings) -> ApiRespon
     now = dt.datetime.now(dt.UTC)
     items = []
     for key in keys[:limit]:
-        record = revocation.read_audit_record(store, key)
+        record = read_audit_record(store, key)
         if record is not None:
             items.append(_certificate(record, revocations.for_record(record), now))
     held = revocations.by_registration.get(registration_id.lower())

@@ -15,6 +15,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
+from cryptography.x509.oid import NameOID
 
 from xboot.errors import ConfigurationError
 
@@ -115,6 +116,12 @@ def load_pkcs12_bundle(data: bytes, password: bytes | None, setting: str) -> Key
         key=key,
         chain=tuple(c.certificate for c in loaded.additional_certs),
     )
+
+
+def common_name(name: x509.Name) -> str | None:
+    """The name's CN when it has exactly one (what DPS and xboot take as the registration ID), else None."""
+    names = name.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return names[0].value if len(names) == 1 and isinstance(names[0].value, str) else None
 
 
 _HEX64 = re.compile(r"[0-9A-F]{64}")

@@ -40,8 +40,8 @@ from typing import Any
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
-from cryptography.x509.oid import NameOID
 
+from xboot.audit import AUDIT_PREFIX, audit_key, audit_prefix, read_audit_record
 from xboot.errors import (
     BackendUnavailable,
     BadRequest,
@@ -51,7 +51,7 @@ from xboot.errors import (
     NotFound,
     Unprocessable,
 )
-from xboot.pki import PublicKey, is_pem, normalize_fingerprint, sha256_fingerprint
+from xboot.pki import PublicKey, common_name, is_pem, normalize_fingerprint, sha256_fingerprint
 from xboot.registration import REGISTRATION_ID, validate_registration_id
 from xboot.settings import Settings
 from xboot.signer import load_signer
@@ -62,7 +62,6 @@ log = logging.getLogger(__name__)
 PREFIX = "revocations/"
 COMPACTED = "revocation-cache/entries.json"  # a copy of every entry, for instances starting cold
 COMPACT_AFTER = 32  # entry reads in one refresh that make it worth reading / writing the copy
-AUDIT_PREFIX = "certificates/"
 DEFAULT_CACHE_SECONDS = 30
 KINDS = ("serial", "fingerprint", "registrationId")
 # RFC 5280 section 5.3.1 CRLReason names. removeFromCRL is not a reason to revoke: deleting a
@@ -120,11 +119,6 @@ def key_hash(key: PublicKey) -> str:
     """SHA-256 of the SubjectPublicKeyInfo: the same key however many certificates carry it."""
     der = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     return hashlib.sha256(der).hexdigest()
-
-
-def _common_name(certificate: x509.Certificate) -> str | None:
-    names = certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    return names[0].value if len(names) == 1 and isinstance(names[0].value, str) else None
 
 
 def _utc(when: dt.datetime) -> str:
@@ -256,7 +250,7 @@ class RevocationList:
         hit = self.by_serial.get(format(certificate.serial_number, "X"))
         if hit is not None:
             return hit
-        name = _common_name(certificate)
+        name = common_name(certificate.subject)
         return None if name is None else self.by_registration.get(name.lower())
 
     def for_record(self, record: Mapping[str, Any]) -> Revocation | None:
@@ -430,23 +424,6 @@ def check_path(certificates: Iterable[x509.Certificate], fingerprints: Iterable[
 # -- the audit log, read ----------------------------------------------------------------------------
 
 
-def audit_prefix(registration_id: str) -> str:
-    return f"{AUDIT_PREFIX}{registration_id.lower()}/"
-
-
-def read_audit_record(store: ObjectStore, key: str) -> dict[str, Any] | None:
-    data = store.read(key)
-    if data is None:
-        return None
-    try:
-        record = json.loads(data)
-    except ValueError:
-        record = None
-    if not isinstance(record, dict):
-        raise BackendUnavailable(f"the audit record {key} is unreadable")
-    return record
-
-
 def _record_key_hash(record: Mapping[str, Any]) -> str | None:
     try:
         return key_hash(x509.load_pem_x509_certificate(str(record["certificate"]).encode()).public_key())
@@ -523,10 +500,10 @@ def _certificate_target(store: ObjectStore, value: object, settings: Settings) -
     except (InvalidSignature, ValueError, TypeError, UnsupportedAlgorithm):
         return Target("fingerprint", fingerprint, (), None, keys)
     serial = format(certificate.serial_number, "X")
-    name = _common_name(certificate)
+    name = common_name(certificate.subject)
     record = None
     if name is not None and REGISTRATION_ID.fullmatch(name):  # signed by our key outside the service: no record
-        record = read_audit_record(store, f"{audit_prefix(name)}{serial}.json")
+        record = read_audit_record(store, audit_key(name, serial))
     recorded = record is not None and record.get("sha256Fingerprint") == fingerprint
     return Target("fingerprint", fingerprint, (serial,), name if recorded else None, keys)
 

@@ -23,10 +23,10 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from xboot.errors import BadRequest, Unprocessable, XbootError
-from xboot.pki import sha256_fingerprint
+from xboot.pki import common_name, sha256_fingerprint
 from xboot.reports.smime import SignedMessage
 from xboot.reports.trust import TrustAnchors
 
@@ -403,8 +403,7 @@ class Verification:
 
     @property
     def signer_common_name(self) -> str | None:
-        names = self.signer.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-        return str(names[0].value) if len(names) == 1 else None
+        return common_name(self.signer.subject)
 
     def details(self) -> dict[str, object]:
         return {
