@@ -90,17 +90,13 @@ def _blob_call(method: str, url: str) -> str:
 @contextlib.contextmanager
 def fresh_azure_caches() -> Iterator[None]:
     """Per-process SDK clients and stores, emptied on the way in and out (as the tests' azure_caches fixture)."""
-    import xboot.blobclient
-    import xboot.keyvault
+    import xboot.azure
     import xboot.storage
-    from xboot.locations import keyvaultkey
     from xboot.signer import clear_signer_cache
 
     def clear() -> None:
-        xboot.keyvault._clients.clear()
-        xboot.blobclient._clients.clear()
+        xboot.azure._clients.clear()
         xboot.storage._opened.clear()
-        keyvaultkey._crypto_clients.clear()
         clear_signer_cache()
 
     clear()

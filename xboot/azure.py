@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import random
 import threading
+from collections.abc import Callable, Hashable
 from typing import Any, NoReturn
 
 from azure.core.exceptions import (
@@ -37,6 +38,8 @@ DEFAULT_RETRY_AFTER = 5  # what the device is told when the backend gave no Retr
 
 _credential_lock = threading.Lock()
 _credential: Any = None
+_clients_lock = threading.Lock()
+_clients: dict[Hashable, Any] = {}
 
 
 def credential() -> Any:
@@ -48,6 +51,15 @@ def credential() -> Any:
 
             _credential = DefaultAzureCredential()
         return _credential
+
+
+def shared_client(key: Hashable, create: Callable[[], Any]) -> Any:
+    """One SDK client per endpoint for the process: it holds the connection pool (and, with it, the token)."""
+    with _clients_lock:
+        client = _clients.get(key)
+        if client is None:
+            client = _clients[key] = create()
+        return client
 
 
 def backoff_seconds(retry: int) -> float:

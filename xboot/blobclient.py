@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 from azure.storage.blob import BlobServiceClient, ExponentialRetry
@@ -10,9 +9,6 @@ from azure.storage.blob import BlobServiceClient, ExponentialRetry
 from xboot import azure as sdk
 from xboot.errors import ConfigurationError
 from xboot.settings import Settings
-
-_lock = threading.Lock()
-_clients: dict[tuple[str, str], BlobServiceClient] = {}
 
 
 class StorageRetry(ExponentialRetry):
@@ -41,17 +37,15 @@ def blob_service_client(settings: Settings, connection_setting: str, url_setting
         key = ("url", account_url)
     else:
         raise ConfigurationError(f"setting {connection_setting} or {url_setting} is required {purpose}")
-    with _lock:
-        client = _clients.get(key)
-        if client is None:
-            options = sdk.client_options(StorageRetry())
-            try:
-                if key[0] == "connection":
-                    client = BlobServiceClient.from_connection_string(key[1], **options)
-                else:
-                    client = BlobServiceClient(key[1], credential=sdk.credential(), **options)
-            except ValueError:
-                setting = connection_setting if key[0] == "connection" else url_setting
-                raise ConfigurationError(f"setting {setting}: not a valid Blob storage endpoint") from None
-            _clients[key] = client
-        return client
+
+    def create() -> BlobServiceClient:
+        options = sdk.client_options(StorageRetry())
+        try:
+            if key[0] == "connection":
+                return BlobServiceClient.from_connection_string(key[1], **options)
+            return BlobServiceClient(key[1], credential=sdk.credential(), **options)
+        except ValueError:
+            setting = connection_setting if key[0] == "connection" else url_setting
+            raise ConfigurationError(f"setting {setting}: not a valid Blob storage endpoint") from None
+
+    return sdk.shared_client(("blob", *key), create)

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 from xboot import azure as sdk
 from xboot.errors import ConfigurationError
 from xboot.settings import Settings
-
-_lock = threading.Lock()
-_clients: dict[tuple[str, str], Any] = {}
 
 
 def vault_url(settings: Settings) -> str:
@@ -26,18 +22,14 @@ def vault_url(settings: Settings) -> str:
 
 
 def client(kind: str, settings: Settings) -> Any:
-    """A `secrets`, `certificates` or `keys` client for the configured vault, kept for the process."""
+    """A `secrets` or `certificates` client for the configured vault, kept for the process."""
     url = vault_url(settings)
-    with _lock:
-        existing = _clients.get((kind, url))
-        if existing is not None:
-            return existing
+
+    def create() -> Any:
         if kind == "secrets":
             from azure.keyvault.secrets import SecretClient as Client
-        elif kind == "certificates":
-            from azure.keyvault.certificates import CertificateClient as Client
         else:
-            from azure.keyvault.keys import KeyClient as Client
-        created = Client(url, sdk.credential(), **sdk.client_options())
-        _clients[(kind, url)] = created
-        return created
+            from azure.keyvault.certificates import CertificateClient as Client
+        return Client(url, sdk.credential(), **sdk.client_options())
+
+    return sdk.shared_client((kind, url), create)

@@ -15,7 +15,6 @@ verified with the CA's public key before it can reach a device. CRLs are signed 
 from __future__ import annotations
 
 import functools
-import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,18 +38,12 @@ from xboot.signer import CaMaterial
 _READ_ROLE = "the Key Vault Certificate User role"
 _SIGN_ROLE = "the Key Vault Crypto User role"
 
-_clients_lock = threading.Lock()
-_crypto_clients: dict[str, CryptographyClient] = {}
-
 
 def _crypto_client(key_id: str) -> CryptographyClient:
-    """One CryptographyClient per key version, kept for the process: it holds the token and the connection."""
-    with _clients_lock:
-        client = _crypto_clients.get(key_id)
-        if client is None:
-            client = CryptographyClient(key_id, sdk.credential(), **sdk.client_options())
-            _crypto_clients[key_id] = client
-        return client
+    """One CryptographyClient per key version, kept for the process."""
+    return sdk.shared_client(
+        ("crypto", key_id), lambda: CryptographyClient(key_id, sdk.credential(), **sdk.client_options())
+    )
 
 
 @functools.cache
