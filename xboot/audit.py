@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from typing import Any
 
 from xboot.errors import BackendUnavailable
 from xboot.issuance import IssuedCertificate
@@ -24,20 +23,6 @@ def audit_prefix(registration_id: str) -> str:
 
 def audit_key(registration_id: str, serial_number: str) -> str:
     return f"{audit_prefix(registration_id)}{serial_number}.json"
-
-
-def read_audit_record(store: ObjectStore, key: str) -> dict[str, Any] | None:
-    """None if there is no such record; a record that exists but cannot be read is a storage fault."""
-    data = store.read(key)
-    if data is None:
-        return None
-    try:
-        record = json.loads(data)
-    except ValueError:
-        record = None
-    if not isinstance(record, dict):
-        raise BackendUnavailable(f"the audit record {key} is unreadable")
-    return record
 
 
 def record_issuance(store: ObjectStore, issued: IssuedCertificate, issued_at: dt.datetime) -> None:

@@ -7,12 +7,12 @@ from collections.abc import Mapping
 from typing import Any
 
 from xboot import crl, revocation
-from xboot.audit import audit_prefix, read_audit_record
+from xboot.audit import audit_prefix
 from xboot.errors import BadRequest
 from xboot.http import ApiResponse, field_ci, json_object, page_size
 from xboot.registration import validate_registration_id
 from xboot.settings import Settings
-from xboot.storage import open_data_store
+from xboot.storage import open_data_store, read_json
 
 SELECTORS = ("serialNumber", "fingerprint", "registrationId", "certificate")
 DEFAULT_PAGE = 100
@@ -100,7 +100,7 @@ def list_certificates(query: Mapping[str, str], settings: Settings) -> ApiRespon
     now = dt.datetime.now(dt.UTC)
     items = []
     for key in keys[:limit]:
-        record = read_audit_record(store, key)
+        record = read_json(store, key)
         if record is not None:
             items.append(_certificate(record, revocations.for_record(record), now))
     held = revocations.by_registration.get(registration_id.lower())

@@ -41,7 +41,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
-from xboot.audit import AUDIT_PREFIX, audit_key, audit_prefix, read_audit_record
+from xboot.audit import AUDIT_PREFIX, audit_key, audit_prefix
 from xboot.errors import (
     BackendUnavailable,
     BadRequest,
@@ -55,7 +55,7 @@ from xboot.pki import PublicKey, common_name, is_pem, normalize_fingerprint, sha
 from xboot.registration import REGISTRATION_ID, validate_registration_id
 from xboot.settings import Settings
 from xboot.signer import load_signer
-from xboot.storage import ObjectStore, open_data_store
+from xboot.storage import ObjectStore, open_data_store, read_json
 
 log = logging.getLogger(__name__)
 
@@ -461,7 +461,7 @@ def _serial_target(store: ObjectStore, value: object) -> Target:
     serial = normalize_serial(value)
     suffix = f"/{serial}.json"
     keys = [k for k in store.list(AUDIT_PREFIX) if k.endswith(suffix)]
-    records = [r for r in (read_audit_record(store, k) for k in keys[:1]) if r is not None]
+    records = [r for r in (read_json(store, k) for k in keys[:1]) if r is not None]
     if not records:
         return Target("serial", serial, (serial,))
     target = _from_records("serial", serial, records, str(records[0].get("registrationId")))
@@ -471,7 +471,7 @@ def _serial_target(store: ObjectStore, value: object) -> Target:
 def _registration_target(store: ObjectStore, value: object) -> Target:
     registration_id = validate_registration_id(value)
     keys = store.list(audit_prefix(registration_id))
-    records = [r for r in (read_audit_record(store, k) for k in keys) if r is not None]
+    records = [r for r in (read_json(store, k) for k in keys) if r is not None]
     return _from_records("registrationId", registration_id.lower(), records, registration_id)
 
 
@@ -503,7 +503,7 @@ def _certificate_target(store: ObjectStore, value: object, settings: Settings) -
     name = common_name(certificate.subject)
     record = None
     if name is not None and REGISTRATION_ID.fullmatch(name):  # signed by our key outside the service: no record
-        record = read_audit_record(store, audit_key(name, serial))
+        record = read_json(store, audit_key(name, serial))
     recorded = record is not None and record.get("sha256Fingerprint") == fingerprint
     return Target("fingerprint", fingerprint, (serial,), name if recorded else None, keys)
 

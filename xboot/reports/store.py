@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives import serialization
 
 from xboot.errors import BackendUnavailable, BadRequest
 from xboot.reports.verify import Verification
-from xboot.storage import ObjectStore
+from xboot.storage import ObjectStore, read_json
 
 Kind = Literal["system", "update"]
 _INVERT_MS = 10**13  # inverted epoch milliseconds stay 13 digits until the year 2286
@@ -68,16 +68,6 @@ def _index_key(record: dict[str, Any]) -> str:
     return f"{_index_prefix(record['kind'], record['gatewayId'])}{inverted:013d}-{record['id']}"
 
 
-def _load(data: bytes, key: str) -> dict[str, Any]:
-    try:
-        record = json.loads(data)
-    except ValueError:
-        raise BackendUnavailable(f"stored object {key} is unreadable") from None
-    if not isinstance(record, dict):
-        raise BackendUnavailable(f"stored object {key} is unreadable")
-    return record
-
-
 @dataclass(frozen=True)
 class StoredReport:
     record: dict[str, Any]
@@ -105,18 +95,16 @@ def store_report(
     }
     created = store.create(key, json.dumps(record, indent=1).encode("utf-8"))
     if not created:
-        existing = store.read(key)
+        existing = read_json(store, key)
         if existing is None:  # created and deleted in between: nothing deletes records, so storage is misbehaving
             raise BackendUnavailable("report storage is inconsistent; retry")
-        record = _load(existing, key)
+        record = existing
     store.create(_index_key(record), b"")  # already there on a repeat: create leaves it as is
     return StoredReport(record, created)
 
 
 def read_report(store: ObjectStore, kind: Kind, report: str) -> dict[str, Any] | None:
-    key = record_key(kind, report)
-    data = store.read(key)
-    return None if data is None else _load(data, key)
+    return read_json(store, record_key(kind, report))
 
 
 def _token(entry: str) -> str:

@@ -8,11 +8,12 @@ audit records and report ingestion idempotent and safe under concurrency.
 from __future__ import annotations
 
 import importlib
+import json
 import re
 import threading
-from typing import Protocol
+from typing import Any, Protocol
 
-from xboot.errors import ConfigurationError
+from xboot.errors import BackendUnavailable, ConfigurationError
 from xboot.settings import Settings
 
 _SEGMENT = re.compile(r"[A-Za-z0-9._:=-]+")
@@ -42,6 +43,20 @@ class ObjectStore(Protocol):
     def list(self, prefix: str, *, after: str | None = None, limit: int | None = None) -> list[str]:
         """Keys under `prefix`, ascending, strictly after `after`, at most `limit`."""
         ...
+
+
+def read_json(store: ObjectStore, key: str) -> dict[str, Any] | None:
+    """A stored JSON object, or None if there is none; one that exists but cannot be read is a storage fault."""
+    data = store.read(key)
+    if data is None:
+        return None
+    try:
+        document = json.loads(data)
+    except ValueError:
+        document = None
+    if not isinstance(document, dict):
+        raise BackendUnavailable(f"stored object {key} is unreadable")
+    return document
 
 
 _STORES = {"file": "xboot.storage.file", "blob": "xboot.storage.blob"}
