@@ -18,6 +18,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from xboot.simulate import percentile as nearest_rank
+
 
 @dataclass(frozen=True)
 class Stats:
@@ -44,12 +46,9 @@ class Stats:
         return {k: round(v, 1) if isinstance(v, float) else v for k, v in self.__dict__.items()}
 
 
-def percentile(ordered: list[int] | list[float], pct: float) -> float:
-    """Nearest-rank percentile of already sorted samples."""
-    if not ordered:
-        return float("nan")
-    rank = max(0, min(len(ordered) - 1, round(pct / 100 * len(ordered) + 0.5) - 1))
-    return float(ordered[rank])
+def percentile(samples: list[int] | list[float], pct: float) -> float:
+    """Nearest-rank percentile (the one `xboot simulate` reports); NaN when nothing was measured."""
+    return float(nearest_rank(samples, pct)) if samples else float("nan")
 
 
 def interleaved(

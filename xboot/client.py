@@ -34,13 +34,13 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import NameOID
 
 from xboot.devca import KEY_TYPES, generate_key
-from xboot.pki import PrivateKey, common_name, sha256_fingerprint
+from xboot.pki import PrivateKey, common_name, sha256_fingerprint, signature_hash
 from xboot.pki import normalize_fingerprint as pki_normalize_fingerprint
 from xboot.smime_sign import key_matches
 
@@ -445,17 +445,11 @@ def key_type_of(key: PrivateKey) -> str:
     return name
 
 
-def _signature_hash(key: PrivateKey) -> hashes.HashAlgorithm:
-    if isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.key_size >= 384:
-        return hashes.SHA384()
-    return hashes.SHA256()
-
-
 def build_csr(key: PrivateKey, registration_id: str) -> x509.CertificateSigningRequest:
     """A PKCS#10 request with CN = registration ID (what Azure DPS matches) and nothing else."""
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, registration_id)])
     try:
-        return x509.CertificateSigningRequestBuilder().subject_name(subject).sign(key, _signature_hash(key))
+        return x509.CertificateSigningRequestBuilder().subject_name(subject).sign(key, signature_hash(key))
     except ValueError as error:  # e.g. a registration ID longer than CN allows
         raise ClientError(f"cannot build a CSR for registration ID {registration_id!r}: {error}") from None
 

@@ -11,12 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 from xboot.issuance import random_serial
-from xboot.pki import PrivateKey
+from xboot.pki import PrivateKey, signature_hash
 
 KEY_TYPES = ("ec-p256", "ec-p384", "rsa-2048", "rsa-3072")
 
@@ -29,14 +29,6 @@ def generate_key(key_type: str) -> PrivateKey:
     if key_type in ("rsa-2048", "rsa-3072"):
         return rsa.generate_private_key(public_exponent=65537, key_size=int(key_type[4:]))
     raise ValueError(f"unknown key type {key_type}; use one of {', '.join(KEY_TYPES)}")
-
-
-def _hash(key: PrivateKey) -> hashes.HashAlgorithm:
-    return (
-        hashes.SHA384()
-        if isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.key_size == 384
-        else hashes.SHA256()
-    )
 
 
 def ca_certificate(
@@ -63,7 +55,7 @@ def ca_certificate(
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(signing_key.public_key()), critical=False)
     )
-    return builder.sign(signing_key, _hash(signing_key))
+    return builder.sign(signing_key, signature_hash(signing_key))
 
 
 @dataclass(frozen=True)

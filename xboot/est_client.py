@@ -27,13 +27,12 @@ from urllib.parse import urlsplit
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs7
 from cryptography.x509.oid import NameOID
 
 from xboot.devca import generate_key
-from xboot.pki import PrivateKey
+from xboot.pki import PrivateKey, signature_hash
 
 __all__ = ["EstClient", "EstEnrollment", "EstError", "est_enroll", "est_reenroll", "tls_context"]
 
@@ -132,12 +131,7 @@ def _single(certificates: list[x509.Certificate]) -> x509.Certificate:
 
 
 def _signed_csr(key: PrivateKey, subject: x509.Name) -> x509.CertificateSigningRequest:
-    algorithm = (
-        hashes.SHA384()
-        if isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.key_size == 384
-        else hashes.SHA256()
-    )
-    return x509.CertificateSigningRequestBuilder().subject_name(subject).sign(key, algorithm)
+    return x509.CertificateSigningRequestBuilder().subject_name(subject).sign(key, signature_hash(key))
 
 
 @dataclass(frozen=True)

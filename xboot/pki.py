@@ -118,6 +118,18 @@ def load_pkcs12_bundle(data: bytes, password: bytes | None, setting: str) -> Key
     )
 
 
+def spki_der(key: PublicKey) -> bytes:
+    """The DER SubjectPublicKeyInfo: how two keys, or a key and a certificate, are compared."""
+    return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def signature_hash(key: PrivateKey) -> hashes.HashAlgorithm:
+    """The hash a key signs with here: SHA-384 for P-384 and larger curves, SHA-256 otherwise."""
+    if isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.key_size >= 384:
+        return hashes.SHA384()
+    return hashes.SHA256()
+
+
 def common_name(name: x509.Name) -> str | None:
     """The name's CN when it has exactly one (what DPS and xboot take as the registration ID), else None."""
     names = name.get_attributes_for_oid(NameOID.COMMON_NAME)

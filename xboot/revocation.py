@@ -39,7 +39,6 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
 
 from xboot.audit import AUDIT_PREFIX, audit_key, audit_prefix
 from xboot.errors import (
@@ -51,7 +50,7 @@ from xboot.errors import (
     NotFound,
     Unprocessable,
 )
-from xboot.pki import PublicKey, common_name, is_pem, normalize_fingerprint, sha256_fingerprint
+from xboot.pki import PublicKey, common_name, is_pem, normalize_fingerprint, sha256_fingerprint, spki_der
 from xboot.registration import REGISTRATION_ID, validate_registration_id
 from xboot.settings import Settings
 from xboot.signer import load_signer
@@ -117,8 +116,7 @@ def normalize_reason(value: object) -> str:
 
 def key_hash(key: PublicKey) -> str:
     """SHA-256 of the SubjectPublicKeyInfo: the same key however many certificates carry it."""
-    der = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    return hashlib.sha256(der).hexdigest()
+    return hashlib.sha256(spki_der(key)).hexdigest()
 
 
 def _utc(when: dt.datetime) -> str:

@@ -17,12 +17,12 @@ from typing import Protocol
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from xboot import locations
 from xboot.errors import ConfigurationError
-from xboot.pki import PrivateKey, PublicKey, certificates_to_pem, describe_key, sha256_fingerprint
+from xboot.pki import PrivateKey, PublicKey, certificates_to_pem, describe_key, sha256_fingerprint, spki_der
 from xboot.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -105,10 +105,6 @@ class Signer:
         return self.certificate.subject.rfc4514_string()
 
 
-def _spki(key: PublicKey) -> bytes:
-    return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-
-
 def _hash_for(key: PublicKey, setting: str) -> hashes.HashAlgorithm:
     if isinstance(key, rsa.RSAPublicKey):
         if key.key_size < 2048:
@@ -127,8 +123,8 @@ def _hash_for(key: PublicKey, setting: str) -> hashes.HashAlgorithm:
 def check_ca_material(material: CaMaterial, now: dt.datetime) -> Signer:
     """Refuse a CA that cannot sign what we would issue, with the setting at fault named."""
     public_key = material.key.public_key()
-    wanted = _spki(public_key)
-    matching = [c for c in material.certificates if _spki(c.public_key()) == wanted]
+    wanted = spki_der(public_key)
+    matching = [c for c in material.certificates if spki_der(c.public_key()) == wanted]
     if not matching:
         raise ConfigurationError(
             f"settings {material.certificate_setting} and {material.key_setting}: "

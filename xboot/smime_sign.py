@@ -14,13 +14,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.serialization import pkcs7
 
-from xboot.pki import PrivateKey
+from xboot.pki import PrivateKey, spki_der
 
 
 def key_matches(certificate: x509.Certificate, key: PrivateKey) -> bool:
     """Whether `key` is the private half of the certificate's public key."""
-    spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    return certificate.public_key().public_bytes(*spki) == key.public_key().public_bytes(*spki)
+    return spki_der(certificate.public_key()) == spki_der(key.public_key())
 
 
 def sign_report(
