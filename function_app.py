@@ -1,18 +1,17 @@
-"""Azure Functions entry point: HTTP routes mapped to xboot.api, nothing more."""
+"""Azure Functions entry point: HTTP routes mapped to xboot.service.http.enrollment, nothing more."""
 
 import azure.functions as func
 
-from xboot import api, est, lifecycle_api
-from xboot.http import respond
-from xboot.reports import api as reports
-from xboot.settings import Settings
+from xboot.service.http import enrollment, est, lifecycle, reports
+from xboot.service.http.edge import respond
+from xboot.service.settings import Settings
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 
 
 @app.route(route="certificate", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
 def certificate(req: func.HttpRequest) -> func.HttpResponse:
-    return respond(lambda: api.enroll_certificate(req.get_body(), Settings.from_environ()))
+    return respond(lambda: enrollment.enroll_certificate(req.get_body(), Settings.from_environ()))
 
 
 # EST (RFC 7030) under the route prefix: /api/.well-known/est/... (see README for serving /.well-known/est).
@@ -98,24 +97,24 @@ def trusted_fingerprints_set(req: func.HttpRequest) -> func.HttpResponse:
 # Device lifecycle: revocations and the issuance audit log (admin); the CRL is public (CRL fetchers carry no keys).
 @app.route(route="mgmt/v1/revocations", methods=["POST"], auth_level=func.AuthLevel.ADMIN)
 def revocation_create(req: func.HttpRequest) -> func.HttpResponse:
-    return respond(lambda: lifecycle_api.revoke(req.get_body(), Settings.from_environ()))
+    return respond(lambda: lifecycle.revoke(req.get_body(), Settings.from_environ()))
 
 
 @app.route(route="mgmt/v1/revocations", methods=["GET"], auth_level=func.AuthLevel.ADMIN)
 def revocation_list(req: func.HttpRequest) -> func.HttpResponse:
-    return respond(lambda: lifecycle_api.list_revocations(req.params, Settings.from_environ()))
+    return respond(lambda: lifecycle.list_revocations(req.params, Settings.from_environ()))
 
 
 @app.route(route="mgmt/v1/revocations/{id}", methods=["DELETE"], auth_level=func.AuthLevel.ADMIN)
 def revocation_delete(req: func.HttpRequest) -> func.HttpResponse:
-    return respond(lambda: lifecycle_api.remove_revocation(req.route_params["id"], Settings.from_environ()))
+    return respond(lambda: lifecycle.remove_revocation(req.route_params["id"], Settings.from_environ()))
 
 
 @app.route(route="mgmt/v1/certificates", methods=["GET"], auth_level=func.AuthLevel.ADMIN)
 def issued_certificates(req: func.HttpRequest) -> func.HttpResponse:
-    return respond(lambda: lifecycle_api.list_certificates(req.params, Settings.from_environ()))
+    return respond(lambda: lifecycle.list_certificates(req.params, Settings.from_environ()))
 
 
 @app.route(route="crl", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
 def crl(req: func.HttpRequest) -> func.HttpResponse:
-    return respond(lambda: lifecycle_api.get_crl(Settings.from_environ()))
+    return respond(lambda: lifecycle.get_crl(Settings.from_environ()))

@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 from bench.issuance import Rotation, app_environment, certificate_function, request_for
 from bench.material import make_ca, make_csrs
 from bench.timing import Stats
-from xboot.devca import DevelopmentCa
+from xboot.service.ca.devca import DevelopmentCa
 
 CA_CONTAINER = "xboot-ca"
 VAULT_CERTIFICATE = "xboot-issuing"
@@ -90,13 +90,13 @@ def _blob_call(method: str, url: str) -> str:
 @contextlib.contextmanager
 def fresh_azure_caches() -> Iterator[None]:
     """Per-process SDK clients and stores, emptied on the way in and out (as the tests' azure_caches fixture)."""
-    import xboot.azure
-    import xboot.storage
-    from xboot.signer import clear_signer_cache
+    import xboot.service.azure.sdk
+    import xboot.service.storage
+    from xboot.service.ca.signer import clear_signer_cache
 
     def clear() -> None:
-        xboot.azure._clients.clear()
-        xboot.storage._opened.clear()
+        xboot.service.azure.sdk._clients.clear()
+        xboot.service.storage._opened.clear()
         clear_signer_cache()
 
     clear()
@@ -111,8 +111,8 @@ def counted_blob_requests() -> Iterator[Counter[str]]:
     """Every Blob request the SDK sends (each attempt), by kind."""
     from azure.core.pipeline.transport import RequestsTransport
 
-    import xboot.azure
-    from xboot.blobclient import StorageRetry
+    import xboot.service.azure.sdk
+    from xboot.service.azure.blob import StorageRetry
 
     counts: Counter[str] = Counter()
 
@@ -121,7 +121,7 @@ def counted_blob_requests() -> Iterator[Counter[str]]:
             counts[_blob_call(request.method, request.url)] += 1
             return super().send(request, **kwargs)
 
-    real = xboot.azure.client_options
+    real = xboot.service.azure.sdk.client_options
 
     def client_options(retry_policy: Any = None) -> dict[str, Any]:
         options = real(retry_policy)
@@ -129,11 +129,11 @@ def counted_blob_requests() -> Iterator[Counter[str]]:
             options["transport"] = CountingTransport()
         return options
 
-    xboot.azure.client_options = client_options
+    xboot.service.azure.sdk.client_options = client_options
     try:
         yield counts
     finally:
-        xboot.azure.client_options = real
+        xboot.service.azure.sdk.client_options = real
 
 
 @contextlib.contextmanager
@@ -143,7 +143,7 @@ def keyvault_double(ca: DevelopmentCa, exportable: bool) -> Iterator[Any]:
     from azure.core.pipeline.transport import RequestsTransport
     from cryptography import x509
 
-    import xboot.azure
+    import xboot.service.azure.sdk
     from tests.fixtures.keyvault_double import VAULT_URL, KeyVaultDouble, StaticTokenCredential, _DoubleAdapter
     from xboot.pki import load_private_key
 
@@ -160,20 +160,20 @@ def keyvault_double(ca: DevelopmentCa, exportable: bool) -> Iterator[Any]:
     session = requests.Session()
     session.mount(VAULT_URL, _DoubleAdapter(double))
     credential = StaticTokenCredential()
-    real_options, real_credential = xboot.azure.client_options, xboot.azure.credential
+    real_options, real_credential = xboot.service.azure.sdk.client_options, xboot.service.azure.sdk.credential
 
     def client_options(retry_policy: Any = None) -> dict[str, Any]:
         options = real_options(retry_policy)
-        if isinstance(options["retry_policy"], xboot.azure.BoundedRetry):  # Key Vault clients only
+        if isinstance(options["retry_policy"], xboot.service.azure.sdk.BoundedRetry):  # Key Vault clients only
             options["transport"] = RequestsTransport(session=session, session_owner=False)
         return options
 
-    xboot.azure.client_options = client_options
-    xboot.azure.credential = lambda: credential
+    xboot.service.azure.sdk.client_options = client_options
+    xboot.service.azure.sdk.credential = lambda: credential
     try:
         yield double
     finally:
-        xboot.azure.client_options, xboot.azure.credential = real_options, real_credential
+        xboot.service.azure.sdk.client_options, xboot.service.azure.sdk.credential = real_options, real_credential
 
 
 def keyvault_settings(location: str, ca: DevelopmentCa) -> dict[str, str]:

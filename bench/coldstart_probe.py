@@ -33,7 +33,7 @@ def main() -> None:
     sdk_at_import = azure_sdk_modules()
     import azure.functions as func
 
-    from xboot.serve import RouteTable
+    from xboot.service.serve import RouteTable
 
     index_began = time.perf_counter()
     route, _, _ = RouteTable.from_app(function_app.app).match("POST", "/api/certificate")
@@ -47,12 +47,12 @@ def main() -> None:
         import azure.identity
         import azure.keyvault.secrets  # noqa: F401
 
-        import xboot.locations.keyvault  # noqa: F401
+        import xboot.service.ca.locations.keyvault  # noqa: F401
 
         sdk_import = time.perf_counter() - sdk_began
         harness_began = time.perf_counter()
         from bench.backends import keyvault_double
-        from xboot.devca import DevelopmentCa
+        from xboot.service.ca.devca import DevelopmentCa
 
         context = keyvault_double(DevelopmentCa(Path(os.environ["XBOOT_BENCH_CA_DIR"])), exportable=True)
         context.__enter__()

@@ -33,17 +33,17 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-import xboot.enrollment
-import xboot.registration
+import xboot.service.enrollment.enroll
+import xboot.service.enrollment.registration
 from bench.material import LEAF_EXTENSIONS, DeviceCsr, make_ca, make_csrs
 from bench.timing import Stats, interleaved
-from xboot.audit import audit_key, record_issuance
-from xboot.devca import DevelopmentCa
-from xboot.issuance import IssuedCertificate, build_certificate, check_csr
 from xboot.pki import load_certificates, load_private_key
-from xboot.settings import Settings
-from xboot.signer import Signer, clear_signer_cache, load_signer
-from xboot.storage.file import FileStore
+from xboot.service.ca.devca import DevelopmentCa
+from xboot.service.ca.issuance import IssuedCertificate, build_certificate, check_csr
+from xboot.service.ca.signer import Signer, clear_signer_cache, load_signer
+from xboot.service.lifecycle.audit import audit_key, record_issuance
+from xboot.service.settings import Settings
+from xboot.service.storage.file import FileStore
 
 ROOT = Path(__file__).resolve().parent.parent
 URL = "http://localhost/api/certificate"
@@ -74,20 +74,20 @@ def app_environment(values: dict[str, str]) -> Iterator[None]:
         del os.environ[name]
     os.environ.update(values)
     clear_signer_cache()
-    xboot.registration._cached = None
+    xboot.service.enrollment.registration._cached = None
     try:
         yield
     finally:
         os.environ.clear()
         os.environ.update(saved)
         clear_signer_cache()
-        xboot.registration._cached = None
+        xboot.service.enrollment.registration._cached = None
 
 
 def certificate_function() -> Callable[[func.HttpRequest], func.HttpResponse]:
     """The user function registered for POST /api/certificate, found the way `xboot serve` finds it."""
     import function_app
-    from xboot.serve import RouteTable
+    from xboot.service.serve import RouteTable
 
     route, _, _ = RouteTable.from_app(function_app.app).match("POST", "/api/certificate")
     assert route is not None, "function_app registers no POST /api/certificate"
@@ -197,7 +197,7 @@ def _run_scenario(
     ca = make_ca(work / f"ca-{ca_type}-{device_type}", ca_type)
     disk = work / f"data-{ca_type}-{device_type}"
     function = certificate_function()
-    real_open = xboot.enrollment.open_data_store
+    real_open = xboot.service.enrollment.enroll.open_data_store
     null_store = NullStore()
     rotation = Rotation(csrs)
 
@@ -211,7 +211,7 @@ def _run_scenario(
 
         def make() -> func.HttpRequest:
             os.environ["DataDirectory"] = str(directory or disk)
-            xboot.enrollment.open_data_store = real_open if directory else (lambda settings: null_store)
+            xboot.service.enrollment.enroll.open_data_store = real_open if directory else (lambda settings: null_store)
             return request_for(rotation.next())
 
         return make
@@ -230,7 +230,7 @@ def _run_scenario(
         try:
             stats = interleaved(operations, iterations, max(20, iterations // 10), prepare)
         finally:
-            xboot.enrollment.open_data_store = real_open
+            xboot.service.enrollment.enroll.open_data_store = real_open
         stats.update(audit_stats(load_signer(), csrs[0], disk, shm, iterations))
     written = sum(1 for _ in (disk / "certificates").rglob("*.json"))
     if written != iterations + max(20, iterations // 10):

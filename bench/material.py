@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.helpers import openssl
-from xboot.devca import DevelopmentCa, create_development_ca
+from xboot.service.ca.devca import DevelopmentCa, create_development_ca
 
 # Device key and CSR signature shapes: (label, genpkey args, req args).
 DEVICE_KEYS = {
@@ -19,7 +19,7 @@ DEVICE_KEYS = {
     ),
 }
 
-# The leaf profile xboot issues (xboot.issuance.build_certificate), for `openssl x509 -req -extfile`.
+# The leaf profile xboot issues (xboot.service.ca.issuance.build_certificate), for `openssl x509 -req -extfile`.
 LEAF_EXTENSIONS = """[ leaf_ec ]
 basicConstraints = critical, CA:FALSE
 keyUsage = critical, digitalSignature

@@ -23,16 +23,16 @@ from bench.material import make_ca, make_csrs
 
 
 def _issuance_loop(work: Path, ca_type: str, store: str, count: int, stack: contextlib.ExitStack) -> Callable[[], None]:
-    import xboot.enrollment
+    import xboot.service.enrollment.enroll
 
     ca = make_ca(work / "ca", ca_type)
     rotation = Rotation(make_csrs(work / "csr", "ec-p256", 16))
     function = certificate_function()
     if store == "null":
         null_store = NullStore()
-        real_open = xboot.enrollment.open_data_store
-        xboot.enrollment.open_data_store = lambda settings: null_store
-        stack.callback(setattr, xboot.enrollment, "open_data_store", real_open)
+        real_open = xboot.service.enrollment.enroll.open_data_store
+        xboot.service.enrollment.enroll.open_data_store = lambda settings: null_store
+        stack.callback(setattr, xboot.service.enrollment.enroll, "open_data_store", real_open)
     stack.enter_context(app_environment({**ca.settings(), "DataDirectory": str(work / "data")}))
     function(request_for(rotation.next()))  # signer load and first-call costs stay out of the profile
     requests = [request_for(rotation.next()) for _ in range(count)]
@@ -46,9 +46,9 @@ def _issuance_loop(work: Path, ca_type: str, store: str, count: int, stack: cont
 
 def _reports_loop(work: Path, count: int) -> Callable[[], None]:
     from bench.reports import _make_reports
-    from xboot.reports.smime import parse_signed_message
-    from xboot.reports.trust import TrustAnchors
-    from xboot.reports.verify import verify_signed_report
+    from xboot.service.reports.smime import parse_signed_message
+    from xboot.service.reports.trust import TrustAnchors
+    from xboot.service.reports.verify import verify_signed_report
 
     pki, messages = _make_reports(work, 8)
     anchors = TrustAnchors(frozenset({pki.fingerprint("ca_root")}))

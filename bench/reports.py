@@ -9,7 +9,7 @@ EC P-256 root, intermediate with the guide's ca-config.ext, v1 gateway certifica
   the ECDSA signature over the signed attributes, then the chain: each link's signature and
   validity up to the certificate whose SHA-256 fingerprint is the trust anchor (whose own
   self-signature, like the service, it does not check).
-- service: `parse_signed_message` + `verify_signed_report` (xboot.reports), raw message in,
+- service: `parse_signed_message` + `verify_signed_report` (xboot.service.reports), raw message in,
   `Verification` out. A second row submits the guide's multipart/form-data upload through the
   registered function (`POST /api/install/v1/system-reports`), which also stores the report.
 - openssl CLI: `openssl cms -verify -CAfile root` per report, one process each.
@@ -109,13 +109,13 @@ def _form(message: bytes) -> bytes:
 
 def run(work: Path, quick: bool) -> dict[str, Any]:
     try:
-        from xboot.reports.smime import parse_signed_message
-        from xboot.reports.trust import TrustAnchors
-        from xboot.reports.verify import verify_signed_report
+        from xboot.service.reports.smime import parse_signed_message
+        from xboot.service.reports.trust import TrustAnchors
+        from xboot.service.reports.verify import verify_signed_report
     except ImportError as error:
-        return {"pending": f"xboot.reports is not there yet ({error})"}
+        return {"pending": f"xboot.service.reports is not there yet ({error})"}
     import function_app
-    from xboot.serve import RouteTable
+    from xboot.service.serve import RouteTable
 
     iterations, cli_iterations, pool = (300, 20, 8) if quick else (1500, 60, 16)
     pki, messages = _make_reports(work, pool)

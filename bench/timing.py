@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from xboot.simulate import percentile as nearest_rank
+from xboot.device.simulate import percentile as nearest_rank
 
 
 @dataclass(frozen=True)

@@ -15,11 +15,11 @@ from typing import Any
 import azure.functions as func
 import pytest
 
-import xboot.registration
+import xboot.service.enrollment.registration
 from tests.helpers import DeviceCsr, make_csr, openssl  # noqa: F401 - re-exported for test modules
-from xboot.devca import DevelopmentCa, create_development_ca
-from xboot.serve import FunctionsWsgiApp, RouteTable, route_prefix
-from xboot.signer import clear_signer_cache
+from xboot.service.ca.devca import DevelopmentCa, create_development_ca
+from xboot.service.ca.signer import clear_signer_cache
+from xboot.service.serve import FunctionsWsgiApp, RouteTable, route_prefix
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -44,7 +44,7 @@ def app_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, session_ca: Develop
     for name, value in values.items():
         monkeypatch.setenv(name, value)
     clear_signer_cache()
-    monkeypatch.setattr(xboot.registration, "_cached", None)
+    monkeypatch.setattr(xboot.service.enrollment.registration, "_cached", None)
     yield values
     clear_signer_cache()
 

@@ -17,15 +17,15 @@ from typing import Any
 import pytest
 from azure.storage.blob import BlobServiceClient
 
-import xboot.azure
+import xboot.service.azure.sdk
 from tests.backend_helpers import enroll, verify_issued
 from tests.conftest import Functions
 from tests.fixtures.azurite import Azurite
 from tests.fixtures.keyvault_double import StaticTokenCredential
 from tests.fixtures.report_pki import GATEWAY_ID
 from tests.fixtures.xboot_pki import OpensslCa
-from xboot.settings import Settings
-from xboot.storage import open_data_store
+from xboot.service.settings import Settings
+from xboot.service.storage import open_data_store
 
 
 def _container() -> str:
@@ -117,12 +117,12 @@ def https_env(
     app_env, azurite_https: Azurite, azure_caches, token_credential: StaticTokenCredential, monkeypatch
 ) -> dict[str, str]:
     """Both Blob uses by account URL + credential, on Azurite over HTTPS with OAuth."""
-    real_options = xboot.azure.client_options
+    real_options = xboot.service.azure.sdk.client_options
 
     def client_options(retry_policy: Any = None) -> dict[str, Any]:
         return {**real_options(retry_policy), "connection_verify": str(azurite_https.cert)}
 
-    monkeypatch.setattr(xboot.azure, "client_options", client_options)
+    monkeypatch.setattr(xboot.service.azure.sdk, "client_options", client_options)
     values = {
         "Location": "Blob",
         "BlobAccountUrl": azurite_https.account_url,

@@ -30,8 +30,8 @@ from xboot.cli import (
     EXIT_USAGE,
     EXIT_VERIFICATION,
 )
-from xboot.client import XbootClient
-from xboot.devca import create_development_ca
+from xboot.device.client import XbootClient
+from xboot.service.ca.devca import create_development_ca
 
 PFX_PASSWORD = "pfx-Pa55-word"
 SYSTEM_REPORT = {

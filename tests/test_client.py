@@ -1,4 +1,4 @@
-"""xboot.client as a library: retries, verification of what the service returns, device files, signing.
+"""xboot.device.client as a library: retries, verification of what the service returns, device files, signing.
 
 The service is stood in for by a scripted HTTP server where the test needs answers the
 real one does not give (503 with Retry-After, garbage, slowness); end-to-end runs against
@@ -25,7 +25,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from tests.fixtures.live_server import free_port
 from tests.helpers import openssl
-from xboot.client import (
+from xboot.device.client import (
     ClientError,
     DeviceFiles,
     DeviceIdentity,
@@ -44,9 +44,9 @@ from xboot.client import (
     split_service_url,
     verify_enrollment,
 )
-from xboot.devca import DevelopmentCa, ca_certificate, create_development_ca
-from xboot.simulate import DeviceOutcome, percentile, summarize
-from xboot.smime_sign import sign_report
+from xboot.device.simulate import DeviceOutcome, percentile, summarize
+from xboot.device.smime import sign_report
+from xboot.service.ca.devca import DevelopmentCa, ca_certificate, create_development_ca
 
 NOW = dt.datetime.now(dt.UTC)
 

@@ -13,15 +13,15 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-import xboot.crl
-import xboot.storage.file
+import xboot.service.ca.crl
+import xboot.service.storage.file
 from tests.backend_helpers import CaFiles
 from tests.conftest import Functions
 from tests.fixtures.keyvault_double import VaultHarness
 from tests.fixtures.xboot_pki import OpensslCa
 from tests.test_revocation import REVOCATIONS, Device, enroll, enroll_with, refused, revoke
-from xboot.settings import Settings
-from xboot.signer import clear_signer_cache
+from xboot.service.ca.signer import clear_signer_cache
+from xboot.service.settings import Settings
 
 CRL = "/api/crl"
 
@@ -132,9 +132,9 @@ def test_next_update_follows_the_setting(app_env, functions, monkeypatch):
 def test_a_crl_half_way_to_its_next_update_is_rebuilt(app_env, functions):
     settings = Settings.from_environ()
     now = dt.datetime.now(dt.UTC)
-    first = xboot.crl.published_crl(settings, now)
-    assert xboot.crl.published_crl(settings, now + dt.timedelta(hours=11)).number == first.number
-    later = xboot.crl.published_crl(settings, now + dt.timedelta(hours=12, seconds=1))
+    first = xboot.service.ca.crl.published_crl(settings, now)
+    assert xboot.service.ca.crl.published_crl(settings, now + dt.timedelta(hours=11)).number == first.number
+    later = xboot.service.ca.crl.published_crl(settings, now + dt.timedelta(hours=12, seconds=1))
     assert later.number == first.number + 1
     assert x509.load_der_x509_crl(later.der).next_update_utc >= now + dt.timedelta(hours=36)
 
@@ -150,17 +150,17 @@ def test_registration_revocations_catch_what_stale_instances_issued(app_env, fun
     entry = revoke(functions, registrationId="dev-late", reason="keyCompromise").json()
     settings = Settings.from_environ()
     revoked_at = dt.datetime.fromisoformat(entry["revokedAt"])
-    settle = dt.timedelta(seconds=30 + xboot.crl.IN_FLIGHT_SECONDS)
-    first = xboot.crl.published_crl(settings, revoked_at)
+    settle = dt.timedelta(seconds=30 + xboot.service.ca.crl.IN_FLIGHT_SECONDS)
+    first = xboot.service.ca.crl.published_crl(settings, revoked_at)
     assert serials(x509.load_der_x509_crl(first.der)) == {device.serial}
     _record(app_env, "dev-late", "ABC123")
-    assert xboot.crl.published_crl(settings, revoked_at + dt.timedelta(seconds=10)).number == first.number
-    settled = xboot.crl.published_crl(settings, revoked_at + settle + dt.timedelta(seconds=1))
+    assert xboot.service.ca.crl.published_crl(settings, revoked_at + dt.timedelta(seconds=10)).number == first.number
+    settled = xboot.service.ca.crl.published_crl(settings, revoked_at + settle + dt.timedelta(seconds=1))
     assert settled.number == first.number + 1
     assert serials(x509.load_der_x509_crl(settled.der)) == {device.serial, "ABC123"}
     # Once settled, later rebuilds reuse the serials instead of listing the device's records again.
     _record(app_env, "dev-late", "DEF456")
-    rebuilt = xboot.crl.published_crl(settings, revoked_at + dt.timedelta(hours=13))
+    rebuilt = xboot.service.ca.crl.published_crl(settings, revoked_at + dt.timedelta(hours=13))
     assert rebuilt.number == settled.number + 1 and "DEF456" not in serials(x509.load_der_x509_crl(rebuilt.der))
 
 
@@ -178,7 +178,7 @@ def test_concurrent_fetches_after_a_change_build_one_crl_and_old_ones_are_pruned
 def test_a_number_taken_by_another_instance_is_skipped(app_env, functions, monkeypatch):
     assert number(fetch(functions)) == 1
     assert revoke(functions, serialNumber="B0B").status == 201
-    real_create = xboot.storage.file.FileStore.create
+    real_create = xboot.service.storage.file.FileStore.create
     raced = []
 
     def create_after_another_instance(self, key, data):
@@ -187,9 +187,9 @@ def test_a_number_taken_by_another_instance_is_skipped(app_env, functions, monke
             assert real_create(self, key, json.dumps({"number": 2, "source": "elsewhere"}).encode())
         return real_create(self, key, data)
 
-    monkeypatch.setattr(xboot.storage.file.FileStore, "create", create_after_another_instance)
+    monkeypatch.setattr(xboot.service.storage.file.FileStore, "create", create_after_another_instance)
     crl = fetch(functions)
-    assert raced == [xboot.crl.crl_key(2)] and number(crl) == 3 and serials(crl) == {"B0B"}
+    assert raced == [xboot.service.ca.crl.crl_key(2)] and number(crl) == 3 and serials(crl) == {"B0B"}
 
 
 @pytest.mark.parametrize("ca_fixture", ["ec_ca", "rsa_ca"])
@@ -261,7 +261,7 @@ def test_revocations_and_crl_on_blob_storage(
 def test_an_unreadable_newest_crl_is_replaced_by_a_higher_number(app_env, functions):
     assert number(fetch(functions)) == 1
     folder = Path(app_env["DataDirectory"]) / "crl"
-    (folder / xboot.crl.crl_key(7).removeprefix("crl/")).write_text("{damaged")
+    (folder / xboot.service.ca.crl.crl_key(7).removeprefix("crl/")).write_text("{damaged")
     (folder / "notes.txt").write_text("not a CRL")
     assert revoke(functions, serialNumber="7E57").status == 201
     crl = fetch(functions)

@@ -15,8 +15,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-import xboot.locations.file
-import xboot.signer
+import xboot.service.ca.locations.file
+import xboot.service.ca.signer
 from tests.conftest import Functions
 from tests.helpers import make_csr, openssl
 
@@ -236,7 +236,7 @@ def test_custom_validator(app_env, functions, monkeypatch, tmp_path):
     assert enroll(functions, "ok-1", _python_csr(key, "ok-1"))[0] == 200
     assert enroll(functions, "no-1", _python_csr(key, "no-1"))[0] == 403
     monkeypatch.setenv("RegistrationPolicy", "factory_db:missing")
-    monkeypatch.setattr("xboot.registration._cached", None)
+    monkeypatch.setattr("xboot.service.enrollment.registration._cached", None)
     status, body = enroll(functions, "ok-2", _python_csr(key, "ok-2"))
     assert (status, body["error"]) == (500, "configuration_error")
 
@@ -266,10 +266,12 @@ def test_audit_failure_fails_the_request(app_env, functions, monkeypatch, tmp_pa
 
 def test_signer_is_cached_for_its_ttl_and_reloaded_after(app_env, functions, monkeypatch, tmp_path):
     loads = []
-    real_load = xboot.locations.file.load
-    monkeypatch.setattr(xboot.locations.file, "load", lambda settings: loads.append(1) or real_load(settings))
+    real_load = xboot.service.ca.locations.file.load
+    monkeypatch.setattr(
+        xboot.service.ca.locations.file, "load", lambda settings: loads.append(1) or real_load(settings)
+    )
     clock = [1000.0]
-    monkeypatch.setattr(xboot.signer.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(xboot.service.ca.signer.time, "monotonic", lambda: clock[0])
     key = ec.generate_private_key(ec.SECP256R1())
     for i in range(50):
         assert enroll(functions, f"d{i}", _python_csr(key, f"d{i}"))[0] == 200
@@ -281,11 +283,11 @@ def test_signer_is_cached_for_its_ttl_and_reloaded_after(app_env, functions, mon
 
 
 def test_rotated_ca_is_picked_up_after_the_ttl(app_env, functions, monkeypatch, tmp_path):
-    from xboot.devca import create_development_ca
+    from xboot.service.ca.devca import create_development_ca
 
     monkeypatch.setenv("SignerCacheSeconds", "60")
     clock = [5000.0]
-    monkeypatch.setattr(xboot.signer.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(xboot.service.ca.signer.time, "monotonic", lambda: clock[0])
     first = create_development_ca(tmp_path / "ca1")
     second = create_development_ca(tmp_path / "ca2")
     live = tmp_path / "live"

@@ -14,12 +14,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import pkcs7
 from cryptography.x509.oid import NameOID
 
-import xboot.est
+import xboot.service.http.est
 from tests.conftest import Functions, Reply
 from tests.helpers import make_csr, openssl
-from xboot.devca import DevelopmentCa, create_development_ca
-from xboot.est_client import EstClient, EstError
-from xboot.serve import FunctionsWsgiApp, Keys
+from xboot.device.est import EstClient, EstError
+from xboot.service.ca.devca import DevelopmentCa, create_development_ca
+from xboot.service.serve import FunctionsWsgiApp, Keys
 
 EST = "/api/.well-known/est"
 CERTS_ONLY = "application/pkcs7-mime; smime-type=certs-only"
@@ -93,7 +93,7 @@ def test_cacerts_is_the_issuing_ca_and_chain_as_certs_only_cms(app_env, function
 def test_csrattrs_asks_for_p256_and_ecdsa_sha256(app_env, functions):
     reply = functions.call("GET", f"{EST}/csrattrs")
     assert reply.status == 200 and reply.mimetype == "application/csrattrs"
-    attrs = xboot.est.CsrAttrs.load(base64.b64decode(reply.body))
+    attrs = xboot.service.http.est.CsrAttrs.load(base64.b64decode(reply.body))
     wanted = [(a.name, a.chosen.native if a.name == "oid" else dict(a.chosen.native)) for a in attrs]
     assert wanted == [
         ("attribute", {"type": "1.2.840.10045.2.1", "values": ["1.2.840.10045.3.1.7"]}),
@@ -342,7 +342,7 @@ def test_reenroll_consults_the_revocation_check(app_env, trusted, functions, tmp
         seen.append((certificate.serial_number, registration_id))
         return True
 
-    monkeypatch.setattr(xboot.est, "certificate_revoked", revoked)
+    monkeypatch.setattr(xboot.service.http.est, "certificate_revoked", revoked)
     body = b64(make_csr(tmp_path / "n", "dev-revoked").der)
     assert "revoked" in refusal(reenroll(functions, body, current), 403)
     assert seen == [(current.serial_number, "dev-revoked")]

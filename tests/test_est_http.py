@@ -14,8 +14,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
 from tests.fixtures.live_server import LiveServer, start_live_server
-from xboot.est import CSR_ATTRIBUTES
-from xboot.est_client import EstClient, EstError, est_enroll, est_reenroll
+from xboot.device.est import EstClient, EstError, est_enroll, est_reenroll
+from xboot.service.http.est import CSR_ATTRIBUTES
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from azure.storage.blob import BlobServiceClient
 
-import xboot.azure
+import xboot.service.azure.sdk
 from tests.backend_helpers import CaFiles, enroll
 from tests.conftest import Functions, Reply
 from tests.fixtures.azurite import ACCOUNT, Azurite
@@ -30,7 +30,7 @@ from tests.fixtures.xboot_pki import OpensslCa
 CERT_NAME = "xboot-issuing-ca"
 REPORTS = "/api/install/v1/system-reports"
 TRUST = "/api/mgmt/v1/tenant-config/soup.report.validation.trusted.cert.fingerprints"
-ATTEMPTS = 1 + xboot.azure.RETRY_TOTAL
+ATTEMPTS = 1 + xboot.service.azure.sdk.RETRY_TOTAL
 
 
 def _audit_serials(azurite: Azurite, container: str) -> set[str]:
@@ -41,7 +41,7 @@ def _audit_serials(azurite: Azurite, container: str) -> set[str]:
 @pytest.fixture
 def fast_backoff(monkeypatch) -> None:
     """Backoff shortened for tests that check what happens, not how long; the timed tests keep production values."""
-    monkeypatch.setattr(xboot.azure, "BACKOFF_FACTOR", 0.05)
+    monkeypatch.setattr(xboot.service.azure.sdk, "BACKOFF_FACTOR", 0.05)
 
 
 def _assert_503(reply: Reply, retry_after: str) -> None:
@@ -70,7 +70,7 @@ def test_azurite_stopped_mid_run(data_on_own_azurite: str, own_azurite: Azurite,
     during = enroll(functions, tmp_path / "b", "device-b")
     elapsed = time.monotonic() - started
 
-    _assert_503(during, str(xboot.azure.DEFAULT_RETRY_AFTER))
+    _assert_503(during, str(xboot.service.azure.sdk.DEFAULT_RETRY_AFTER))
     # Three retries at 0.5 s, 1 s, 2 s (±20%): waited, but boundedly.
     assert 2.5 < elapsed < 10, elapsed
 
@@ -219,7 +219,7 @@ def test_report_ingestion_when_storage_fails_at_the_index(
 
     proxy.refuse = b"/report-index/"
     failed = functions.call("POST", REPORTS, guide_report)
-    _assert_503(failed, str(xboot.azure.DEFAULT_RETRY_AFTER))
+    _assert_503(failed, str(xboot.service.azure.sdk.DEFAULT_RETRY_AFTER))
     assert proxy.refused == ATTEMPTS  # the storage SDK's first try and its three retries
     assert functions.call("GET", listing).json()["reports"] == []  # a listing never names a partial report
 
@@ -309,7 +309,7 @@ def test_key_vault_sign_failure_mid_run(
     reply = enroll(functions, tmp_path / "b", "device-b")
     elapsed = time.monotonic() - started
 
-    _assert_503(reply, retry_after or str(xboot.azure.DEFAULT_RETRY_AFTER))
+    _assert_503(reply, retry_after or str(xboot.service.azure.sdk.DEFAULT_RETRY_AFTER))
     signs = kvk_env.double.attempts("POST", "/keys/")
     assert len(signs) == 1 + ATTEMPTS  # the warm-up sign, then the first try and three retries
     assert elapsed < 8, elapsed
@@ -329,9 +329,9 @@ def test_hung_storage_times_out_into_a_503(
     """
     hung = socket.create_server(("127.0.0.1", 0))
     hung.listen(16)
-    real_options = xboot.azure.client_options
+    real_options = xboot.service.azure.sdk.client_options
     monkeypatch.setattr(
-        xboot.azure, "client_options", lambda policy=None: {**real_options(policy), "read_timeout": 0.3}
+        xboot.service.azure.sdk, "client_options", lambda policy=None: {**real_options(policy), "read_timeout": 0.3}
     )
     endpoint = f"http://127.0.0.1:{hung.getsockname()[1]}/{ACCOUNT}"
     monkeypatch.setenv("DataStore", "Blob")
@@ -344,5 +344,5 @@ def test_hung_storage_times_out_into_a_503(
         elapsed = time.monotonic() - started
     finally:
         hung.close()
-    _assert_503(reply, str(xboot.azure.DEFAULT_RETRY_AFTER))
+    _assert_503(reply, str(xboot.service.azure.sdk.DEFAULT_RETRY_AFTER))
     assert ATTEMPTS * 0.3 < elapsed < 5, elapsed

@@ -16,13 +16,13 @@ import waitress
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-import xboot.storage.file
+import xboot.service.storage.file
 from tests.conftest import Functions, Reply
 from tests.fixtures.report_pki import GATEWAY_ID, Pki, after_days, fingerprint_of, report_bytes
 from tests.helpers import make_csr, openssl
 from xboot.errors import BackendUnavailable, Unprocessable
-from xboot.reports import api as reports
-from xboot.settings import Settings
+from xboot.service.http import reports
+from xboot.service.settings import Settings
 
 SYSTEM = "/api/install/v1/system-reports"
 UPDATE = "/api/install/v1/update-reports"
@@ -393,7 +393,7 @@ def test_a_storage_failure_is_503_and_stores_nothing(trusted_root, functions, gu
     def unavailable(self, key, data):
         raise BackendUnavailable("data directory is not writable (test)")
 
-    monkeypatch.setattr(xboot.storage.file.FileStore, "create", unavailable)
+    monkeypatch.setattr(xboot.service.storage.file.FileStore, "create", unavailable)
     reply = post(functions, guide_report)
     assert_refusal(reply, 503, "backend_unavailable")
     assert reply.headers["Retry-After"]
@@ -403,18 +403,18 @@ def test_a_storage_failure_is_503_and_stores_nothing(trusted_root, functions, gu
 def test_an_index_failure_is_503_and_the_retry_completes_it(
     trusted_root, functions, guide_report, app_env, monkeypatch
 ):
-    real_create = xboot.storage.file.FileStore.create
+    real_create = xboot.service.storage.file.FileStore.create
 
     def index_unavailable(self, key, data):
         if key.startswith("report-index/"):
             raise BackendUnavailable("data directory is not writable (test)")
         return real_create(self, key, data)
 
-    monkeypatch.setattr(xboot.storage.file.FileStore, "create", index_unavailable)
+    monkeypatch.setattr(xboot.service.storage.file.FileStore, "create", index_unavailable)
     assert_refusal(post(functions, guide_report), 503)
     # The record is whole (written atomically); no listing names it until its index entry exists.
     assert functions.call("GET", f"{SYSTEM}?gatewayId={GATEWAY_ID}").json()["reports"] == []
-    monkeypatch.setattr(xboot.storage.file.FileStore, "create", real_create)
+    monkeypatch.setattr(xboot.service.storage.file.FileStore, "create", real_create)
     retry = post(functions, guide_report)
     assert retry.status == 200 and retry.json()["duplicate"] is True
     listed = functions.call("GET", f"{SYSTEM}?gatewayId={GATEWAY_ID}").json()["reports"]

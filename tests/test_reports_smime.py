@@ -10,8 +10,8 @@ from tests.fixtures.report_pki import report_bytes
 from tests.helpers import openssl
 from xboot.errors import BadRequest
 from xboot.pki import normalize_fingerprint
-from xboot.reports.smime import canonical_text, parse_signed_message, read_request, report_document
-from xboot.reports.trust import parse_fingerprint_list
+from xboot.service.reports.smime import canonical_text, parse_signed_message, read_request, report_document
+from xboot.service.reports.trust import parse_fingerprint_list
 
 FP = "BB:EA:2A:13:C7:21:DB:E0:01:37:07:58:5B:ED:85:09:47:D7:FF:8F:BF:9E:E4:65:9C:C3:BA:14:E3:7C:DD:D6"
 

@@ -15,14 +15,14 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import pkcs7
 from cryptography.x509.oid import NameOID
 
-import xboot.reports.verify
+import xboot.service.reports.verify
 from tests.fixtures.report_pki import GATEWAY_ID, Pki, after_days, report_bytes
 from tests.helpers import openssl
 from xboot.errors import BadRequest, Unprocessable, XbootError
 from xboot.pki import sha256_fingerprint
-from xboot.reports.smime import parse_signed_message, report_document
-from xboot.reports.trust import TrustAnchors
-from xboot.reports.verify import Verification, verify_signed_report
+from xboot.service.reports.smime import parse_signed_message, report_document
+from xboot.service.reports.trust import TrustAnchors
+from xboot.service.reports.verify import Verification, verify_signed_report
 
 
 def anchors(pki: Pki, *names: str) -> TrustAnchors:
@@ -320,7 +320,7 @@ def test_path_search_is_bounded_when_certificates_share_names_and_keys(monkeypat
     options = [pkcs7.PKCS7Options.DetachedSignature, pkcs7.PKCS7Options.Text]
     message = builder.sign(serialization.Encoding.SMIME, options)
     calls = []
-    real_check = xboot.reports.verify._check_issuer
-    monkeypatch.setattr(xboot.reports.verify, "_check_issuer", lambda *a: calls.append(1) or real_check(*a))
+    real_check = xboot.service.reports.verify._check_issuer
+    monkeypatch.setattr(xboot.service.reports.verify, "_check_issuer", lambda *a: calls.append(1) or real_check(*a))
     refused(message, TrustAnchors(frozenset({"00:" * 31 + "00"})), "chain_invalid")
-    assert len(calls) <= xboot.reports.verify.MAX_LINK_CHECKS
+    assert len(calls) <= xboot.service.reports.verify.MAX_LINK_CHECKS

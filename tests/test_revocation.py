@@ -15,14 +15,14 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
-import xboot.revocation
-import xboot.storage.file
+import xboot.service.lifecycle.revocation
+import xboot.service.storage.file
 from tests.conftest import Functions, Reply
 from tests.fixtures.report_pki import Pki, report_bytes
 from tests.helpers import openssl
 from xboot.pki import sha256_fingerprint
-from xboot.serve import FunctionsWsgiApp, Keys
-from xboot.settings import Settings
+from xboot.service.serve import FunctionsWsgiApp, Keys
+from xboot.service.settings import Settings
 
 REVOCATIONS = "/api/mgmt/v1/revocations"
 CERTIFICATES = "/api/mgmt/v1/certificates"
@@ -410,8 +410,8 @@ def test_unknown_device_has_no_certificates(app_env, functions):
 def _entry_written_by_another_instance(app_env: dict[str, str], registration_id: str) -> None:
     """What a POST on another instance leaves in the shared store: this instance's snapshot does not know it."""
     now = dt.datetime.now(dt.UTC)
-    entry = xboot.revocation.Revocation(
-        id=xboot.revocation.new_id(now),
+    entry = xboot.service.lifecycle.revocation.Revocation(
+        id=xboot.service.lifecycle.revocation.new_id(now),
         kind="registrationId",
         value=registration_id,
         reason="keyCompromise",
@@ -429,7 +429,7 @@ def test_other_instances_see_a_revocation_within_the_cache_time(app_env, functio
     _entry_written_by_another_instance(app_env, "dev-elsewhere")
     assert enroll_with(functions, key, "dev-elsewhere").status == 200  # the documented delay
     clock = time.monotonic() + 31
-    monkeypatch.setattr(xboot.revocation.time, "monotonic", lambda: clock)
+    monkeypatch.setattr(xboot.service.lifecycle.revocation.time, "monotonic", lambda: clock)
     refused(enroll_with(functions, key, "dev-elsewhere"), 403, "registration_revoked")
 
 
@@ -441,13 +441,13 @@ def test_checks_per_request_do_not_touch_storage_listings(app_env, functions, tm
     report = sign_report(device)
     assert post_report(functions, report).status == 201
     listings = []
-    real_list = xboot.storage.file.FileStore.list
+    real_list = xboot.service.storage.file.FileStore.list
 
     def counting_list(self, prefix, **kwargs):
         listings.append(prefix)
         return real_list(self, prefix, **kwargs)
 
-    monkeypatch.setattr(xboot.storage.file.FileStore, "list", counting_list)
+    monkeypatch.setattr(xboot.service.storage.file.FileStore, "list", counting_list)
     for _ in range(5):
         assert enroll_with(functions, device.key, "dev-cost").status == 200
         assert post_report(functions, report).status == 200  # a repeat: verified, checked, found stored
@@ -464,7 +464,7 @@ def test_an_unreadable_entry_fails_closed(app_env, functions, tmp_path):
 
 def _fresh_instance(monkeypatch: pytest.MonkeyPatch) -> None:
     """A new process: no snapshot of the list yet."""
-    monkeypatch.setattr(xboot.revocation, "_views", {})
+    monkeypatch.setattr(xboot.service.lifecycle.revocation, "_views", {})
 
 
 def test_a_cold_instance_reads_the_compacted_copy_not_every_entry(app_env, functions, monkeypatch):
@@ -473,20 +473,20 @@ def test_a_cold_instance_reads_the_compacted_copy_not_every_entry(app_env, funct
         assert revoke(functions, serialNumber=serial).status == 201
     _fresh_instance(monkeypatch)
     reads = []
-    real_read = xboot.storage.file.FileStore.read
+    real_read = xboot.service.storage.file.FileStore.read
 
     def counting_read(self, key):
         reads.append(key)
         return real_read(self, key)
 
-    monkeypatch.setattr(xboot.storage.file.FileStore, "read", counting_read)
+    monkeypatch.setattr(xboot.service.storage.file.FileStore, "read", counting_read)
     settings = Settings.from_environ()
-    first = xboot.revocation.load_revocations(settings)  # 40 entry reads, then the copy is written
+    first = xboot.service.lifecycle.revocation.load_revocations(settings)  # 40 entry reads, then the copy is written
     assert len(first.entries) == 40 and len([k for k in reads if k.startswith("revocations/")]) == 40
     _fresh_instance(monkeypatch)
     reads.clear()
-    second = xboot.revocation.load_revocations(settings)
-    assert reads == [xboot.revocation.COMPACTED] and second.digest == first.digest
+    second = xboot.service.lifecycle.revocation.load_revocations(settings)
+    assert reads == [xboot.service.lifecycle.revocation.COMPACTED] and second.digest == first.digest
 
 
 def test_a_stale_or_damaged_compacted_copy_changes_nothing(app_env, functions, monkeypatch, tmp_path):
@@ -495,13 +495,13 @@ def test_a_stale_or_damaged_compacted_copy_changes_nothing(app_env, functions, m
     kept = [revoke(functions, serialNumber=f"{0xE000 + n:X}").json()["id"] for n in range(32)]
     settings = Settings.from_environ()
     _fresh_instance(monkeypatch)
-    xboot.revocation.load_revocations(settings)  # writes the copy with all 33
+    xboot.service.lifecycle.revocation.load_revocations(settings)  # writes the copy with all 33
     copy = Path(app_env["DataDirectory"]) / "revocation-cache" / "entries.json"
     assert removed["id"] in {e["id"] for e in json.loads(copy.read_text())}
     assert functions.call("DELETE", f"{REVOCATIONS}/{removed['id']}").status == 200
     added = revoke(functions, registrationId="dev-added", reason="keyCompromise").json()
     _fresh_instance(monkeypatch)
-    assert {e.id for e in xboot.revocation.load_revocations(settings).entries} == {*kept, added["id"]}
+    assert {e.id for e in xboot.service.lifecycle.revocation.load_revocations(settings).entries} == {*kept, added["id"]}
     assert enroll_with(functions, new_key(tmp_path), "dev-released").status == 200
     copy.write_text("[{not json")
     _fresh_instance(monkeypatch)
@@ -511,15 +511,15 @@ def test_a_stale_or_damaged_compacted_copy_changes_nothing(app_env, functions, m
 def test_an_expired_snapshot_is_served_while_another_request_refreshes_it(app_env, functions):
     assert revoke(functions, serialNumber="F00").status == 201
     settings = Settings.from_environ()
-    store = xboot.revocation.open_data_store(settings)
-    view = xboot.revocation._view(store)
-    before = xboot.revocation.load_revocations(settings)
+    store = xboot.service.lifecycle.revocation.open_data_store(settings)
+    view = xboot.service.lifecycle.revocation._view(store)
+    before = xboot.service.lifecycle.revocation.load_revocations(settings)
     view.expires = 0.0
     with view.lock:  # a refresh in progress elsewhere
-        assert xboot.revocation.load_revocations(settings) is before  # no waiting
+        assert xboot.service.lifecycle.revocation.load_revocations(settings) is before  # no waiting
     view.invalidate()  # this instance changed the list: the next check must wait for the refresh
     with view.lock:
-        waiter = ThreadPoolExecutor(1).submit(xboot.revocation.load_revocations, settings)
+        waiter = ThreadPoolExecutor(1).submit(xboot.service.lifecycle.revocation.load_revocations, settings)
         time.sleep(0.2)
         assert not waiter.done()
     assert waiter.result(timeout=5).digest == before.digest

@@ -18,8 +18,8 @@ from cryptography import x509
 
 from tests.helpers import CliRunner, openssl
 from xboot.cli import EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_VERIFICATION
-from xboot.client import XbootClient
-from xboot.serve import FunctionsWsgiApp, Keys
+from xboot.device.client import XbootClient
+from xboot.service.serve import FunctionsWsgiApp, Keys
 
 FUNCTION_KEY = "device-key-123"
 ADMIN_KEY = "admin-key-456"
@@ -135,9 +135,9 @@ def test_crl_download_verifies_against_the_issuer(cli: CliRunner, tmp_path: Path
 
 
 def test_client_library_follows_pages(cli: CliRunner, tmp_path: Path, monkeypatch) -> None:
-    import xboot.lifecycle_api
+    import xboot.service.http.lifecycle
 
-    monkeypatch.setattr(xboot.lifecycle_api, "DEFAULT_PAGE", 2)
+    monkeypatch.setattr(xboot.service.http.lifecycle, "DEFAULT_PAGE", 2)
     client = XbootClient(cli.url, admin_key=ADMIN_KEY)
     created = [client.revoke("serialNumber", f"{n + 1:X}", "unspecified")["id"] for n in range(5)]
     assert [e["id"] for e in client.revocations()] == created

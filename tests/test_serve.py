@@ -13,7 +13,7 @@ import pytest
 import function_app
 from tests.fixtures.live_server import clean_environment, free_port, wait_for_port
 from tests.helpers import openssl
-from xboot.serve import RouteTable
+from xboot.service.serve import RouteTable
 
 ROOT = Path(__file__).resolve().parent.parent
 

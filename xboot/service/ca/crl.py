@@ -1,0 +1,280 @@
+"""The CRL: the revocation list as RFC 5280 publishes it, signed by the issuing CA, served at `GET /api/crl`.
+
+Every CRL built is kept as `crl/<CRL number, 20 digits>.json` (the DER plus what decides whether it is
+still current), written with `create`: the object name is the CRL number, so two instances building at
+once cannot publish the same number, and the newest CRL is the highest name. A CRL is rebuilt on the
+first request after the revocation list changed, after the CA or `CrlValidityHours` changed, or once
+it is half way to its nextUpdate; otherwise every instance serves the stored one.
+
+A registration-ID entry covers every certificate issued to that ID, including any that an instance
+whose list was still up to `RevocationCacheSeconds` old issued just after the revocation. So its
+serial numbers are looked up again at each build until that window (plus `IN_FLIGHT_SECONDS` for
+enrollments already under way) has passed, and a CRL built inside the window is rebuilt after it.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+import logging
+import re
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from xboot.errors import BackendUnavailable
+from xboot.service.ca.signer import Signer, load_signer
+from xboot.service.lifecycle.audit import audit_prefix
+from xboot.service.lifecycle.revocation import REASONS, SERIAL, RevocationList, cache_seconds, load_revocations
+from xboot.service.settings import Settings
+from xboot.service.storage import ObjectStore, open_data_store
+
+log = logging.getLogger(__name__)
+
+PREFIX = "crl/"
+MIME = "application/pkix-crl"
+DEFAULT_VALIDITY_HOURS = 24
+BACKDATE = dt.timedelta(minutes=5)  # thisUpdate a little in the past: verifiers' clocks drift
+IN_FLIGHT_SECONDS = 120  # an enrollment that passed its revocation check has written its audit record by then
+KEEP = 3  # CRL objects kept: the current one and a few before it
+_CLAIM_ATTEMPTS = 5
+_KEY = re.compile(r"crl/[0-9]{20}\.json")
+
+
+@dataclass(frozen=True)
+class Registration:
+    serial_numbers: tuple[str, ...]
+    settled: bool  # listed after every instance's cache had the entry: no certificate can be added any more
+
+
+@dataclass(frozen=True)
+class PublishedCrl:
+    number: int
+    der: bytes
+    this_update: dt.datetime
+    next_update: dt.datetime
+    refresh_at: dt.datetime
+    source: str  # what it was built from: list digest, CA fingerprint, validity
+    registrations: dict[str, Registration]
+
+    @property
+    def key(self) -> str:
+        return crl_key(self.number)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "number": self.number,
+            "thisUpdate": self.this_update.isoformat(),
+            "nextUpdate": self.next_update.isoformat(),
+            "refreshAt": self.refresh_at.isoformat(),
+            "source": self.source,
+            "registrations": {
+                i: {"serialNumbers": list(r.serial_numbers), "settled": r.settled}
+                for i, r in self.registrations.items()
+            },
+            "crl": base64.b64encode(self.der).decode("ascii"),
+        }
+
+    @classmethod
+    def from_json(cls, data: bytes, key: str) -> PublishedCrl | None:
+        try:
+            document = json.loads(data)
+            published = cls(
+                number=int(document["number"]),
+                der=base64.b64decode(document["crl"], validate=True),
+                this_update=dt.datetime.fromisoformat(document["thisUpdate"]),
+                next_update=dt.datetime.fromisoformat(document["nextUpdate"]),
+                refresh_at=dt.datetime.fromisoformat(document["refreshAt"]),
+                source=str(document["source"]),
+                registrations={
+                    str(i): Registration(tuple(r["serialNumbers"]), bool(r["settled"]))
+                    for i, r in document["registrations"].items()
+                },
+            )
+        except (ValueError, TypeError, KeyError, AttributeError):
+            published = None
+        if published is None or published.key != key:
+            log.warning("stored CRL %s is unreadable; a new one will be built", key)
+            return None
+        return published
+
+    def current(self, source: str, now: dt.datetime) -> bool:
+        return self.source == source and now < self.refresh_at
+
+
+def crl_key(number: int) -> str:
+    return f"{PREFIX}{number:020d}.json"
+
+
+def validity_hours(settings: Settings) -> int:
+    return settings.integer("CrlValidityHours", DEFAULT_VALIDITY_HOURS, minimum=1, maximum=8784)
+
+
+class _Latest:
+    """The newest stored CRL of one data store, re-checked at most every RevocationCacheSeconds."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()  # also serialises building on this instance
+        self.crl: PublishedCrl | None = None
+        self.checked_key: str | None = None
+        self.expires = 0.0
+
+    def get(self, store: ObjectStore, ttl: int, fresh: bool) -> PublishedCrl | None:
+        if not fresh and time.monotonic() < self.expires:
+            return self.crl
+        newer = [k for k in store.list(PREFIX, after=self.checked_key) if _KEY.fullmatch(k)]
+        if newer:
+            data = store.read(newer[-1])
+            self.checked_key = newer[-1]
+            self.crl = PublishedCrl.from_json(data, newer[-1]) if data is not None else None
+        self.expires = time.monotonic() + ttl
+        return self.crl
+
+    def set(self, crl: PublishedCrl, ttl: int) -> None:
+        self.crl, self.checked_key, self.expires = crl, crl.key, time.monotonic() + ttl
+
+    @property
+    def number(self) -> int:
+        """The newest CRL number in the store, from its object name: readable or not, the next one is higher."""
+        return 0 if self.checked_key is None else int(self.checked_key[len(PREFIX) :].removesuffix(".json"))
+
+
+_latest_lock = threading.Lock()
+_latest: dict[ObjectStore, _Latest] = {}
+
+
+def _latest_for(store: ObjectStore) -> _Latest:
+    with _latest_lock:
+        return _latest.setdefault(store, _Latest())
+
+
+def _source(revocations: RevocationList, signer: Signer, hours: int) -> str:
+    return f"{revocations.digest}:{signer.fingerprint}:{hours}h"
+
+
+def published_crl(settings: Settings, now: dt.datetime | None = None) -> PublishedCrl:
+    """The current CRL; built (and signed) only when the stored one no longer answers for the list."""
+    now = now or dt.datetime.now(dt.UTC)
+    store = open_data_store(settings)
+    signer = load_signer(settings)
+    ttl = cache_seconds(settings)
+    hours = validity_hours(settings)
+    latest = _latest_for(store)
+    crl = latest.get(store, ttl, fresh=False)
+    if crl is not None and crl.current(_source(load_revocations(settings), signer, hours), now):
+        return crl
+    with latest.lock:
+        # Something looks out of date: read the list and the newest CRL afresh before building one, so
+        # that an instance with an old list never publishes it over a newer one.
+        revocations = load_revocations(settings, fresh=True)
+        source = _source(revocations, signer, hours)
+        crl = latest.get(store, ttl, fresh=True)
+        if crl is not None and crl.current(source, now):
+            return crl
+        crl = _publish(store, signer, revocations, source, crl, latest.number + 1, hours, ttl, now)
+        latest.set(crl, ttl)
+        return crl
+
+
+def _registrations(
+    store: ObjectStore,
+    revocations: RevocationList,
+    previous: PublishedCrl | None,
+    settle: dt.timedelta,
+    now: dt.datetime,
+) -> dict[str, Registration]:
+    """Serials per registration-ID entry: from the previous CRL once settled, else listed from the audit log now."""
+    resolved = {}
+    for entry in revocations.entries:
+        if entry.kind != "registrationId":
+            continue
+        known = previous.registrations.get(entry.id) if previous is not None else None
+        if known is not None and known.settled:
+            resolved[entry.id] = known
+            continue
+        prefix = audit_prefix(entry.value)
+        names = (key[len(prefix) :].removesuffix(".json") for key in store.list(prefix))
+        serials = tuple(name for name in names if SERIAL.fullmatch(name))
+        resolved[entry.id] = Registration(serials, now >= entry.revoked_at + settle)
+    return resolved
+
+
+def build_crl(
+    signer: Signer,
+    revocations: RevocationList,
+    registrations: dict[str, Registration],
+    number: int,
+    this_update: dt.datetime,
+    next_update: dt.datetime,
+) -> x509.CertificateRevocationList:
+    """One CRL entry per serial, dated and reasoned by the oldest revocation naming it."""
+    revoked: dict[str, tuple[dt.datetime, x509.ReasonFlags]] = {}
+    for entry in revocations.entries:
+        extra = registrations[entry.id].serial_numbers if entry.id in registrations else ()
+        for serial in (*entry.serial_numbers, *extra):
+            revoked.setdefault(serial, (entry.revoked_at, REASONS[entry.reason]))
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(signer.certificate.subject)
+        .last_update(this_update)
+        .next_update(next_update)
+        .add_extension(x509.CRLNumber(number), critical=False)
+        .add_extension(signer.authority_key_identifier, critical=False)
+    )
+    for serial, (revoked_at, reason) in revoked.items():
+        item = x509.RevokedCertificateBuilder().serial_number(int(serial, 16)).revocation_date(revoked_at)
+        if reason is not x509.ReasonFlags.unspecified:  # RFC 5280 5.3.1: omit rather than say unspecified
+            item = item.add_extension(x509.CRLReason(reason), critical=False)
+        builder = builder.add_revoked_certificate(item.build())
+    return signer.key.sign_crl(builder, signer.hash_algorithm)
+
+
+def _publish(
+    store: ObjectStore,
+    signer: Signer,
+    revocations: RevocationList,
+    source: str,
+    previous: PublishedCrl | None,
+    number: int,
+    hours: int,
+    ttl: int,
+    now: dt.datetime,
+) -> PublishedCrl:
+    settle = dt.timedelta(seconds=ttl + IN_FLIGHT_SECONDS)
+    registrations = _registrations(store, revocations, previous, settle, now)
+    next_update = now + dt.timedelta(hours=hours)
+    refresh_at = now + dt.timedelta(hours=hours) / 2
+    for entry in revocations.entries:
+        if entry.id in registrations and not registrations[entry.id].settled:
+            refresh_at = min(refresh_at, entry.revoked_at + settle)
+    for _ in range(_CLAIM_ATTEMPTS):
+        crl = build_crl(signer, revocations, registrations, number, now - BACKDATE, next_update)
+        published = PublishedCrl(
+            number=number,
+            der=crl.public_bytes(Encoding.DER),
+            this_update=now - BACKDATE,
+            next_update=next_update,
+            refresh_at=refresh_at,
+            source=source,
+            registrations=registrations,
+        )
+        if store.create(published.key, json.dumps(published.to_json()).encode()):
+            log.info("published CRL %d with %d entries", number, len(crl))
+            _prune(store)
+            return published
+        data = store.read(published.key)  # another instance published this number first
+        theirs = PublishedCrl.from_json(data, published.key) if data is not None else None
+        if theirs is not None and theirs.current(source, now):
+            return theirs
+        number += 1
+    raise BackendUnavailable("could not claim a CRL number; retry")
+
+
+def _prune(store: ObjectStore) -> None:
+    for key in [k for k in store.list(PREFIX) if _KEY.fullmatch(k)][:-KEEP]:
+        store.delete(key)

@@ -1,0 +1,226 @@
+"""EST (RFC 7030, with RFC 8951's clarifications) beside the XBoot endpoint: standard wire format, same issuance.
+
+Bodies are base64 DER in both directions whatever Content-Type or Content-Transfer-Encoding claim
+(RFC 8951 says to ignore the latter, and the bytes are checked strictly anyway). Refusals are 4xx
+`text/plain` explanations (RFC 7030 section 4.2.3); server-side failures keep the JSON edge, so they
+are logged and carry Retry-After like every other route. The registration ID is the CSR's subject CN:
+EST has no other field for it.
+
+Re-enrollment proves possession of the current certificate through TLS client authentication. Behind
+App Service the front end terminates TLS and forwards the certificate in `X-ARR-ClientCert`; any
+caller can send that header to a host that does not overwrite it, so it is believed only when
+`EstTrustForwardedClientCert` says the deployment guarantees it (default: not believed).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import functools
+import json
+import re
+from collections.abc import Callable
+from typing import ClassVar, ParamSpec
+
+from asn1crypto import core
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.serialization import Encoding, pkcs7
+
+from xboot.errors import BadRequest, Forbidden, XbootError
+from xboot.pki import common_name, sha256_fingerprint
+from xboot.service.ca.signer import load_signer
+from xboot.service.enrollment.enroll import enroll_csr
+from xboot.service.enrollment.registration import validate_registration_id
+from xboot.service.http.edge import ApiResponse, check_size
+from xboot.service.lifecycle.audit import audit_key
+from xboot.service.lifecycle.revocation import revoked
+from xboot.service.settings import Settings
+from xboot.service.storage import open_data_store
+
+PKCS7_MIME = "application/pkcs7-mime"
+CERTS_ONLY = "application/pkcs7-mime; smime-type=certs-only"
+CSRATTRS_MIME = "application/csrattrs"
+CLIENT_CERT_HEADER = "X-ARR-ClientCert"
+TRUST_SETTING = "EstTrustForwardedClientCert"
+
+_WHITESPACE = re.compile(rb"\s+")
+
+P = ParamSpec("P")
+
+
+def plain_text_refusals(endpoint: Callable[P, ApiResponse]) -> Callable[P, ApiResponse]:
+    """4xx become the human-readable text/plain body RFC 7030 asks for; 5xx go on to `respond`."""
+
+    @functools.wraps(endpoint)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> ApiResponse:
+        try:
+            return endpoint(*args, **kwargs)
+        except XbootError as error:
+            if error.status >= 500:
+                raise
+            return ApiResponse(error.status, f"{error.message}\n".encode(), content_type="text/plain")
+
+    return wrapper
+
+
+def _base64(der: bytes) -> bytes:
+    """76-character lines: `openssl base64 -d` silently truncates a single long line."""
+    return base64.encodebytes(der)
+
+
+def _unbase64(data: bytes, what: str) -> bytes:
+    compact = _WHITESPACE.sub(b"", data)
+    if not compact:
+        raise BadRequest(f"{what} is empty; EST expects base64 DER", code="invalid_base64")
+    try:
+        return base64.b64decode(compact, validate=True)
+    except (binascii.Error, ValueError):
+        raise BadRequest(
+            f"{what} is not base64; EST bodies are base64 DER (not PEM, not binary DER)", code="invalid_base64"
+        ) from None
+
+
+def _certs_only(certificates: list[x509.Certificate]) -> bytes:
+    return _base64(pkcs7.serialize_certificates(certificates, Encoding.DER))
+
+
+def read_csr(body: bytes) -> x509.CertificateSigningRequest:
+    der = _unbase64(check_size(body), "the request body")
+    try:
+        return x509.load_der_x509_csr(der)
+    except ValueError:
+        raise BadRequest("the request body is not a base64 DER PKCS#10 request", code="invalid_csr") from None
+
+
+def registration_id_of(csr: x509.CertificateSigningRequest) -> str:
+    """The subject's single CN, held to the registration ID rules (DPS takes the ID from the CN too)."""
+    name = common_name(csr.subject)
+    if name is None:
+        raise BadRequest("the CSR subject must have exactly one CN: the registration ID", code="cn_mismatch")
+    try:
+        return validate_registration_id(name)
+    except BadRequest as error:
+        raise BadRequest(f"the CSR's CN is the registration ID: {error.message}", code=error.code) from None
+
+
+def _issue(csr: x509.CertificateSigningRequest, settings: Settings) -> ApiResponse:
+    """RFC 7030 section 4.2.3: the response holds only the issued certificate (the chain is /cacerts)."""
+    issued = enroll_csr(registration_id_of(csr), csr, settings)
+    return ApiResponse(200, _certs_only([issued.certificate]), content_type=CERTS_ONLY)
+
+
+@plain_text_refusals
+def cacerts(settings: Settings) -> ApiResponse:
+    """`GET /cacerts`: the issuing CA and the chain configured above it."""
+    signer = load_signer(settings)
+    return ApiResponse(200, _certs_only([signer.certificate, *signer.chain]), content_type=PKCS7_MIME)
+
+
+@plain_text_refusals
+def simpleenroll(body: bytes, settings: Settings) -> ApiResponse:
+    """`POST /simpleenroll`: `/api/certificate`'s checks, policy and audit, with the registration ID from the CN."""
+    return _issue(read_csr(body), settings)
+
+
+@plain_text_refusals
+def simplereenroll(body: bytes, client_certificate: str | None, settings: Settings) -> ApiResponse:
+    """`POST /simplereenroll`: a new certificate for the subject of the (authenticated) current one."""
+    current = authenticated_certificate(client_certificate, settings)
+    csr = read_csr(body)
+    if csr.subject != current.subject:
+        raise Forbidden(
+            "the CSR subject must equal the subject of the certificate being renewed (RFC 7030 section 4.2.2)",
+            code="subject_mismatch",
+        )
+    check_current_certificate(current, registration_id_of(csr), settings)
+    return _issue(csr, settings)
+
+
+def authenticated_certificate(header: str | None, settings: Settings) -> x509.Certificate:
+    """The TLS client certificate as the front end forwarded it, if the deployment vouches for the header."""
+    if not settings.boolean(TRUST_SETTING, False):
+        raise Forbidden(
+            "re-enrollment needs TLS client authentication, which this server does not accept "
+            f"({TRUST_SETTING} is off); enroll with /simpleenroll",
+            code="client_certificate_not_trusted",
+        )
+    if header is None or not header.strip():
+        raise Forbidden(
+            "re-enrollment needs TLS client authentication with the certificate being renewed",
+            code="client_certificate_required",
+        )
+    try:
+        certificate = x509.load_der_x509_certificate(_unbase64(header.encode("ascii", "replace"), "the header"))
+    except (BadRequest, ValueError):
+        raise Forbidden("the forwarded client certificate is unreadable", code="client_certificate_invalid") from None
+    try:
+        certificate.verify_directly_issued_by(load_signer(settings).certificate)
+    except (InvalidSignature, ValueError, TypeError):
+        raise Forbidden(
+            "the client certificate was not issued by this CA", code="client_certificate_untrusted"
+        ) from None
+    now = dt.datetime.now(dt.UTC)
+    if not certificate.not_valid_before_utc <= now < certificate.not_valid_after_utc:
+        raise Forbidden("the client certificate is expired or not yet valid", code="client_certificate_expired")
+    return certificate
+
+
+def check_current_certificate(certificate: x509.Certificate, registration_id: str, settings: Settings) -> None:
+    """Issued by this service (its audit record, fingerprint and all) and not revoked."""
+    record = open_data_store(settings).read(audit_key(registration_id, format(certificate.serial_number, "X")))
+    try:
+        recorded = json.loads(record)["sha256Fingerprint"] if record is not None else None
+    except (ValueError, TypeError, KeyError):
+        recorded = None
+    if recorded != sha256_fingerprint(certificate):
+        raise Forbidden(
+            "the client certificate is not in this service's issuance records", code="client_certificate_unknown"
+        )
+    if certificate_revoked(certificate, registration_id, settings):
+        raise Forbidden("the client certificate is revoked", code="client_certificate_revoked")
+
+
+def certificate_revoked(certificate: x509.Certificate, registration_id: str, settings: Settings) -> bool:
+    """The single revocation check for re-enrollment: the certificate, its serial or its registration ID."""
+    return revoked(certificate, settings) is not None
+
+
+class _OidSet(core.SetOf):
+    _child_spec = core.ObjectIdentifier
+
+
+class _Attribute(core.Sequence):
+    _fields: ClassVar = [("type", core.ObjectIdentifier), ("values", _OidSet)]
+
+
+class _AttrOrOid(core.Choice):
+    _alternatives: ClassVar = [("oid", core.ObjectIdentifier), ("attribute", _Attribute)]
+
+
+class CsrAttrs(core.SequenceOf):
+    """RFC 7030 section 4.5.2 (ASN.1 clarified by RFC 8951): a SEQUENCE OF an OID or an Attribute."""
+
+    _child_spec = _AttrOrOid
+
+
+# One CSR has one key, so the answer names one profile: an EC P-256 key, signed with ECDSA-SHA256.
+# That is RFC 7030's own encoding (key type as an Attribute of the SubjectPublicKeyInfo algorithm with
+# its curve, signature scheme as a bare OID) and the profile most device stacks and TPMs support.
+# RSA 2048+ and P-384 keys are still accepted; a list of alternatives has no unambiguous encoding.
+CSR_ATTRIBUTES = CsrAttrs(
+    [
+        _AttrOrOid(
+            name="attribute",
+            value=_Attribute({"type": "1.2.840.10045.2.1", "values": ["1.2.840.10045.3.1.7"]}),
+        ),
+        _AttrOrOid(name="oid", value="1.2.840.10045.4.3.2"),
+    ]
+).dump()
+
+
+@plain_text_refusals
+def csrattrs() -> ApiResponse:
+    """`GET /csrattrs`: the key and signature profile to put in the CSR (RFC 7030 section 4.5)."""
+    return ApiResponse(200, _base64(CSR_ATTRIBUTES), content_type=CSRATTRS_MIME)

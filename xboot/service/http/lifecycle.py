@@ -1,0 +1,127 @@
+"""Device lifecycle endpoints: revocations, what a device was issued, and the CRL. Plain data in, `ApiResponse` out."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from typing import Any
+
+from xboot.errors import BadRequest
+from xboot.service.ca import crl
+from xboot.service.enrollment.registration import validate_registration_id
+from xboot.service.http.edge import ApiResponse, field_ci, json_object, page_size
+from xboot.service.lifecycle import revocation
+from xboot.service.lifecycle.audit import audit_prefix
+from xboot.service.settings import Settings
+from xboot.service.storage import open_data_store, read_json
+
+SELECTORS = ("serialNumber", "fingerprint", "registrationId", "certificate")
+DEFAULT_PAGE = 100
+MAX_PAGE = 1000
+
+
+def revoke(body: bytes, settings: Settings, now: dt.datetime | None = None) -> ApiResponse:
+    """201 with the new entry; 200 if the same thing was already revoked for the same reason (a retry)."""
+    request = json_object(body)
+    values = {name: field_ci(request, name) for name in SELECTORS}
+    given = [(name, value) for name, value in values.items() if value is not None]
+    if len(given) != 1:
+        raise BadRequest(f"send exactly one of {', '.join(SELECTORS)}, and a reason", code="invalid_revocation")
+    reason = revocation.normalize_reason(field_ci(request, "reason"))
+    selector, value = given[0]
+    entry, created = revocation.revoke(settings, selector, value, reason, now or dt.datetime.now(dt.UTC))
+    return ApiResponse(
+        201 if created else 200,
+        {**entry.to_json(), "duplicate": not created},
+        headers={"Location": f"/api/mgmt/v1/revocations/{entry.id}"},
+    )
+
+
+def list_revocations(query: Mapping[str, str], settings: Settings) -> ApiResponse:
+    """Oldest first; `continuationToken` is the last id of the previous page."""
+    limit = page_size(query.get("limit"), DEFAULT_PAGE, MAX_PAGE)
+    after = query.get("continuationToken") or None
+    if after is not None and not revocation.is_revocation_id(after):
+        raise BadRequest("continuationToken is not one this service returned", code="invalid_token")
+    entries = [e for e in revocation.load_revocations(settings, fresh=True).entries if after is None or e.id > after]
+    page = entries[:limit]
+    return ApiResponse(
+        200,
+        {
+            "revocations": [e.to_json() for e in page],
+            "continuationToken": page[-1].id if len(entries) > limit else None,
+        },
+    )
+
+
+def remove_revocation(revocation_id: str, settings: Settings) -> ApiResponse:
+    entry = revocation.remove(settings, revocation_id)
+    return ApiResponse(200, {**entry.to_json(), "removed": True})
+
+
+def _expired(not_after: object, now: dt.datetime) -> bool | None:
+    try:
+        return dt.datetime.fromisoformat(str(not_after)) <= now
+    except ValueError:
+        return None
+
+
+def _certificate(record: Mapping[str, Any], hit: revocation.Revocation | None, now: dt.datetime) -> dict[str, Any]:
+    not_after = record.get("notAfter")
+    return {
+        "serialNumber": record.get("serialNumber"),
+        "sha256Fingerprint": record.get("sha256Fingerprint"),
+        "subject": record.get("subject"),
+        "notBefore": record.get("notBefore"),
+        "notAfter": not_after,
+        "issuedAt": record.get("issuedAt"),
+        "expired": _expired(not_after, now),
+        "revoked": hit is not None,
+        "revocation": None if hit is None else hit.summary(),
+    }
+
+
+def list_certificates(query: Mapping[str, str], settings: Settings) -> ApiResponse:
+    """The audit log of one device, by serial number, each with its revocation state as of now."""
+    value = query.get("registrationId")
+    if not value:
+        raise BadRequest("query parameter registrationId is required", code="invalid_query")
+    registration_id = validate_registration_id(value)
+    limit = page_size(query.get("limit"), DEFAULT_PAGE, MAX_PAGE)
+    prefix = audit_prefix(registration_id)
+    token = query.get("continuationToken") or None
+    if token is not None:
+        try:
+            token = revocation.normalize_serial(token)
+        except BadRequest:
+            raise BadRequest("continuationToken is not one this service returned", code="invalid_token") from None
+    store = open_data_store(settings)
+    keys = store.list(prefix, after=None if token is None else f"{prefix}{token}.json", limit=limit + 1)
+    revocations = revocation.load_revocations(settings, fresh=True)
+    now = dt.datetime.now(dt.UTC)
+    items = []
+    for key in keys[:limit]:
+        record = read_json(store, key)
+        if record is not None:
+            items.append(_certificate(record, revocations.for_record(record), now))
+    held = revocations.by_registration.get(registration_id.lower())
+    return ApiResponse(
+        200,
+        {
+            "registrationId": registration_id,
+            "registrationRevoked": None if held is None else held.summary(),
+            "certificates": items,
+            "continuationToken": keys[limit - 1][len(prefix) :].removesuffix(".json") if len(keys) > limit else None,
+        },
+    )
+
+
+def get_crl(settings: Settings) -> ApiResponse:
+    """DER, as RFC 5280 section 4.2.1.13 HTTP distribution points serve it; caches may keep it as long as we do."""
+    published = crl.published_crl(settings)
+    return ApiResponse(
+        200,
+        published.der,
+        headers={"Cache-Control": f"public, max-age={revocation.cache_seconds(settings)}"},
+        content_type=crl.MIME,
+    )

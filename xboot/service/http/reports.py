@@ -1,0 +1,110 @@
+"""Report and trust-anchor endpoints: plain data in (body, Content-Type, query, route values), `ApiResponse` out."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from xboot.errors import BadRequest, NotFound, Unprocessable
+from xboot.service.http.edge import ApiResponse, check_size, field_ci, json_object, page_size
+from xboot.service.lifecycle.revocation import check_path
+from xboot.service.reports.smime import read_request, report_document
+from xboot.service.reports.store import Kind, is_report_id, list_reports, read_report, store_report
+from xboot.service.reports.trust import (
+    CONFIG_NAME,
+    TrustList,
+    load_trust_anchors,
+    parse_fingerprint_list,
+    read_trust_list,
+    replace_trust_list,
+    trusts_issuing_ca,
+)
+from xboot.service.reports.verify import verify_signed_report
+from xboot.service.settings import Settings
+from xboot.service.storage import open_data_store
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PAGE = 20
+MAX_PAGE = 100
+
+
+def _summary(record: Mapping[str, Any]) -> dict[str, Any]:
+    """A stored record without the signed message it keeps for re-verification."""
+    return {k: v for k, v in record.items() if k != "signedMessage"}
+
+
+def submit_report(
+    kind: Kind, body: bytes, content_type: str | None, settings: Settings, now: dt.datetime | None = None
+) -> ApiResponse:
+    """Verify first, then read the JSON: nothing unauthenticated is interpreted beyond what verification needs."""
+    check_size(body)
+    received_at = now or dt.datetime.now(dt.UTC)
+    message = read_request(body, content_type)
+    store = open_data_store(settings)
+    verification = verify_signed_report(message, load_trust_anchors(store, settings), received_at)
+    check_path(verification.path, verification.path_fingerprints, settings)
+    document = report_document(verification.content)
+    if settings.boolean("RequireGatewayIdMatch", False) and verification.signer_common_name != document["gatewayId"]:
+        raise Unprocessable("the signer certificate's CN must equal the report's gatewayId", code="gateway_mismatch")
+    stored = store_report(store, kind, document, verification, message.raw, received_at)
+    record = stored.record
+    if stored.created:
+        log.info("stored %s report %s for gateway %r", kind, record["id"], record["gatewayId"])
+    return ApiResponse(
+        201 if stored.created else 200,
+        {**_summary(record), "duplicate": not stored.created},
+        headers={"Location": f"/api/install/v1/{kind}-reports/{record['id']}"},
+    )
+
+
+def get_reports(kind: Kind, query: Mapping[str, str], settings: Settings) -> ApiResponse:
+    gateway_id = query.get("gatewayId")
+    if not gateway_id:
+        raise BadRequest("query parameter gatewayId is required", code="invalid_query")
+    page = list_reports(
+        open_data_store(settings),
+        kind,
+        gateway_id,
+        page_size(query.get("limit"), DEFAULT_PAGE, MAX_PAGE),
+        query.get("continuationToken") or None,
+    )
+    return ApiResponse(
+        200,
+        {
+            "kind": kind,
+            "gatewayId": gateway_id,
+            "reports": [_summary(r) for r in page.records],
+            "continuationToken": page.continuation_token,
+        },
+    )
+
+
+def get_report(kind: Kind, report_id: str, settings: Settings) -> ApiResponse:
+    record = read_report(open_data_store(settings), kind, report_id) if is_report_id(report_id) else None
+    if record is None:
+        raise NotFound(f"no {kind} report with this id")
+    return ApiResponse(200, record)
+
+
+def _trust_body(trust: TrustList, settings: Settings) -> dict[str, Any]:
+    return {
+        "key": CONFIG_NAME,
+        "value": list(trust.fingerprints),
+        "source": trust.source,
+        "updatedAt": trust.updated_at,
+        "issuingCaTrusted": trusts_issuing_ca(settings),
+    }
+
+
+def get_trusted_fingerprints(settings: Settings) -> ApiResponse:
+    return ApiResponse(200, _trust_body(read_trust_list(open_data_store(settings), settings), settings))
+
+
+def set_trusted_fingerprints(body: bytes, settings: Settings) -> ApiResponse:
+    """Replaces the whole list, as in the guide: send every fingerprint that should stay trusted."""
+    fingerprints = parse_fingerprint_list(field_ci(json_object(body), "value"))
+    trust = replace_trust_list(open_data_store(settings), fingerprints, dt.datetime.now(dt.UTC))
+    return ApiResponse(200, _trust_body(trust, settings))

@@ -1,0 +1,571 @@
+"""The revocation list: which certificates, keys and registration IDs this service no longer stands behind.
+
+Each revocation is one immutable object `revocations/<id>.json` in the data store (File or Blob, beside
+the audit log), written with `create`: concurrent revocations never overwrite one another, and since an
+object never changes once written, a refresh only reads the objects it has not seen (one listing plus
+the new ones). An id is the revocation time and a random suffix, so ids sort by time and are never reused.
+A cold instance first reads `revocation-cache/entries.json`, a copy of the entries that the last
+instance to read many of them left behind, instead of one read per entry.
+
+Checks that run per request (enrollment, reports, EST re-enrollment) use a per-process snapshot that is
+at most `RevocationCacheSeconds` (default 30) old: a dict lookup, no storage call. The instance that
+changes the list drops its snapshot at once; other instances see the change within that many seconds.
+
+What an entry blocks:
+- every kind: a certificate it names, wherever one is presented (report signatures and their chains,
+  EST re-enrollment), and, for certificates of this CA, the CRL (see xboot.service.ca.crl);
+- a registration ID: enrollment under that ID (403), and every certificate of this CA with that CN;
+- the public key of each certificate it resolved, unless the reason says the certificate was merely
+  replaced (superseded, affiliationChanged): a renewal that reuses the key (`xboot renew` does by
+  default) is then refused with the certificate.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import hashlib
+import json
+import logging
+import re
+import secrets
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+
+from xboot.errors import (
+    BackendUnavailable,
+    BadRequest,
+    ConfigurationError,
+    Conflict,
+    Forbidden,
+    NotFound,
+    Unprocessable,
+)
+from xboot.pki import PublicKey, common_name, is_pem, normalize_fingerprint, sha256_fingerprint, spki_der
+from xboot.service.ca.signer import load_signer
+from xboot.service.enrollment.registration import REGISTRATION_ID, validate_registration_id
+from xboot.service.lifecycle.audit import AUDIT_PREFIX, audit_key, audit_prefix
+from xboot.service.settings import Settings
+from xboot.service.storage import ObjectStore, open_data_store, read_json
+
+log = logging.getLogger(__name__)
+
+PREFIX = "revocations/"
+COMPACTED = "revocation-cache/entries.json"  # a copy of every entry, for instances starting cold
+COMPACT_AFTER = 32  # entry reads in one refresh that make it worth reading / writing the copy
+DEFAULT_CACHE_SECONDS = 30
+KINDS = ("serial", "fingerprint", "registrationId")
+# RFC 5280 section 5.3.1 CRLReason names. removeFromCRL is not a reason to revoke: deleting a
+# certificateHold entry is how a hold ends.
+REASONS: dict[str, x509.ReasonFlags] = {
+    "unspecified": x509.ReasonFlags.unspecified,
+    "keyCompromise": x509.ReasonFlags.key_compromise,
+    "cACompromise": x509.ReasonFlags.ca_compromise,
+    "affiliationChanged": x509.ReasonFlags.affiliation_changed,
+    "superseded": x509.ReasonFlags.superseded,
+    "cessationOfOperation": x509.ReasonFlags.cessation_of_operation,
+    "certificateHold": x509.ReasonFlags.certificate_hold,
+    "privilegeWithdrawn": x509.ReasonFlags.privilege_withdrawn,
+    "aACompromise": x509.ReasonFlags.aa_compromise,
+}
+HOLD = "certificateHold"
+KEY_STAYS_VALID = frozenset({"superseded", "affiliationChanged"})  # the certificate was replaced, not distrusted
+_REASONS_CI = {name.lower(): name for name in REASONS}
+_ID = re.compile(r"[0-9]{8}T[0-9]{12}Z-[0-9a-f]{8}")
+SERIAL = re.compile(r"[0-9A-F]{1,40}")  # a normalised serial: RFC 5280 allows at most 20 octets
+
+
+# -- values ------------------------------------------------------------------------------------------
+
+
+def normalize_serial(value: object) -> str:
+    """Upper-case hex without leading zeros, from `0A:1B`, `0a1b`, `0x0A1B` (how openssl and others print it)."""
+    text = value.strip().upper().replace(":", "").replace(" ", "") if isinstance(value, str) else ""
+    text = text.removeprefix("0X").lstrip("0")
+    if not SERIAL.fullmatch(text):
+        raise BadRequest(
+            "serialNumber must be a non-zero hexadecimal serial of at most 20 octets (colons optional)",
+            code="invalid_serial",
+        )
+    return text
+
+
+def normalize_reason(value: object) -> str:
+    if value is None:
+        return "unspecified"
+    name = _REASONS_CI.get(value.strip().lower()) if isinstance(value, str) else None
+    if name is None:
+        hint = (
+            " (a hold ends by deleting its certificateHold entry)"
+            if isinstance(value, str) and value.strip().lower() == "removefromcrl"
+            else ""
+        )
+        raise BadRequest(
+            f"reason must be one of the RFC 5280 reasons: {', '.join(REASONS)}{hint}", code="invalid_reason"
+        )
+    return name
+
+
+def key_hash(key: PublicKey) -> str:
+    """SHA-256 of the SubjectPublicKeyInfo: the same key however many certificates carry it."""
+    return hashlib.sha256(spki_der(key)).hexdigest()
+
+
+def _utc(when: dt.datetime) -> str:
+    return when.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+
+
+# -- entries -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Revocation:
+    id: str
+    kind: str  # serial | fingerprint | registrationId
+    value: str  # normalised: serial upper hex, fingerprint AB:CD:.., registration ID lower case
+    reason: str
+    revoked_at: dt.datetime
+    serial_numbers: tuple[str, ...] = ()  # this CA's certificates it put in the CRL when it was made
+    registration_id: str | None = None  # the device, when known
+    public_keys: tuple[str, ...] = ()  # key_hash of each certificate it resolved
+
+    @property
+    def key(self) -> str:
+        return f"{PREFIX}{self.id}.json"
+
+    @property
+    def blocks_keys(self) -> bool:
+        return self.reason not in KEY_STAYS_VALID
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "value": self.value,
+            "reason": self.reason,
+            "revokedAt": _utc(self.revoked_at),
+            "serialNumbers": list(self.serial_numbers),
+            "registrationId": self.registration_id,
+            "publicKeySha256": list(self.public_keys),
+        }
+
+    def summary(self) -> dict[str, str]:
+        return {"id": self.id, "kind": self.kind, "value": self.value, "reason": self.reason,
+                "revokedAt": _utc(self.revoked_at)}  # fmt: skip
+
+    @classmethod
+    def parse(cls, document: Any, key: str) -> Revocation | None:
+        try:
+            entry = cls(
+                id=document["id"],
+                kind=document["kind"],
+                value=document["value"],
+                reason=document["reason"],
+                revoked_at=dt.datetime.fromisoformat(document["revokedAt"]),
+                serial_numbers=tuple(document["serialNumbers"]),
+                registration_id=document["registrationId"],
+                public_keys=tuple(document["publicKeySha256"]),
+            )
+        except (ValueError, TypeError, KeyError, AttributeError):
+            return None
+        valid = (
+            entry.kind in KINDS and entry.reason in REASONS and all(SERIAL.fullmatch(n) for n in entry.serial_numbers)
+        )
+        return entry if valid and entry.key == key else None
+
+    @classmethod
+    def from_json(cls, data: bytes, key: str) -> Revocation:
+        """Fail closed: an entry that cannot be read stops every check rather than being skipped."""
+        try:
+            entry = cls.parse(json.loads(data), key)
+        except ValueError:
+            entry = None
+        if entry is None:
+            raise ConfigurationError(f"the stored revocation {key} is unreadable; restore or delete it")
+        return entry
+
+
+def new_id(now: dt.datetime) -> str:
+    return f"{now.astimezone(dt.UTC):%Y%m%dT%H%M%S%f}Z-{secrets.token_hex(4)}"
+
+
+def is_revocation_id(value: str) -> bool:
+    return _ID.fullmatch(value) is not None
+
+
+@dataclass(frozen=True)
+class RevocationList:
+    """An immutable snapshot of every entry, indexed for the per-request checks. Oldest entry wins a tie."""
+
+    entries: tuple[Revocation, ...]  # by id, so oldest first
+    by_fingerprint: Mapping[str, Revocation] = field(default_factory=dict)
+    by_serial: Mapping[str, Revocation] = field(default_factory=dict)
+    by_registration: Mapping[str, Revocation] = field(default_factory=dict)
+    by_key: Mapping[str, Revocation] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, entries: Iterable[Revocation]) -> RevocationList:
+        ordered = tuple(sorted(entries, key=lambda e: e.id))
+        by_fingerprint: dict[str, Revocation] = {}
+        by_serial: dict[str, Revocation] = {}
+        by_registration: dict[str, Revocation] = {}
+        by_key: dict[str, Revocation] = {}
+        for entry in ordered:
+            index = {"serial": by_serial, "fingerprint": by_fingerprint, "registrationId": by_registration}
+            index[entry.kind].setdefault(entry.value, entry)
+            for serial in entry.serial_numbers:
+                by_serial.setdefault(serial, entry)
+            if entry.blocks_keys:
+                for key in entry.public_keys:
+                    by_key.setdefault(key, entry)
+        return cls(ordered, by_fingerprint, by_serial, by_registration, by_key)
+
+    @cached_property
+    def digest(self) -> str:
+        """Changes whenever an entry is added or removed (entries themselves never change)."""
+        return hashlib.sha256("\n".join(e.id for e in self.entries).encode()).hexdigest()
+
+    def find(self, kind: str, value: str) -> Revocation | None:
+        return next((e for e in self.entries if e.kind == kind and e.value == value), None)
+
+    def is_revoked(
+        self, certificate: x509.Certificate, ca_subject: x509.Name | None, fingerprint: str | None = None
+    ) -> Revocation | None:
+        """By fingerprint (any certificate); by serial and by CN = registration ID (certificates of our CA)."""
+        if not self.entries:
+            return None
+        hit = self.by_fingerprint.get(fingerprint or sha256_fingerprint(certificate))
+        if hit is not None or ca_subject is None or certificate.issuer != ca_subject:
+            return hit
+        hit = self.by_serial.get(format(certificate.serial_number, "X"))
+        if hit is not None:
+            return hit
+        name = common_name(certificate.subject)
+        return None if name is None else self.by_registration.get(name.lower())
+
+    def for_record(self, record: Mapping[str, Any]) -> Revocation | None:
+        """An audit record: every certificate in it was issued by this service."""
+        return (
+            self.by_serial.get(str(record.get("serialNumber")))
+            or self.by_fingerprint.get(str(record.get("sha256Fingerprint")))
+            or self.by_registration.get(str(record.get("registrationId")).lower())
+        )
+
+    @property
+    def has_ca_entries(self) -> bool:
+        """Entries that only match certificates of this CA, so checking needs its name."""
+        return bool(self.by_serial or self.by_registration)
+
+
+# -- the per-process snapshot -------------------------------------------------------------------------
+
+
+class _View:
+    """One data store's entries; refreshed incrementally because entries never change once written.
+
+    When the snapshot has merely expired and another request is already refreshing it, requests keep
+    using it rather than queue behind a listing; after `invalidate` (this instance changed the list)
+    they wait for the refresh.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.entries: dict[str, Revocation] = {}
+        self.snapshot = RevocationList.of(())
+        self.expires = 0.0
+        self.current = False  # loaded at least once and not invalidated since
+
+    def get(self, store: ObjectStore, ttl: int, fresh: bool) -> RevocationList:
+        if not fresh and time.monotonic() < self.expires:
+            return self.snapshot
+        if not self.lock.acquire(blocking=fresh or not self.current):
+            return self.snapshot
+        try:
+            if fresh or time.monotonic() >= self.expires:
+                self._refresh(store)
+                self.expires = time.monotonic() + ttl
+                self.current = True
+            return self.snapshot
+        finally:
+            self.lock.release()
+
+    def _refresh(self, store: ObjectStore) -> None:
+        keys = store.list(PREFIX)
+        missing = [k for k in keys if k not in self.entries]
+        known = _read_compacted(store) if len(missing) >= COMPACT_AFTER else {}
+        current: dict[str, Revocation] = {}
+        read = 0
+        for key in keys:
+            entry = self.entries.get(key) or known.get(key)
+            if entry is None:
+                data = store.read(key)
+                if data is None:  # deleted since the listing
+                    continue
+                entry = Revocation.from_json(data, key)
+                read += 1
+            current[key] = entry
+        if current.keys() != self.entries.keys():
+            self.entries = current
+            self.snapshot = RevocationList.of(current.values())
+        if read >= COMPACT_AFTER:
+            _write_compacted(store, self.snapshot)
+
+    def invalidate(self) -> None:
+        """Under the lock: a refresh already running may have listed before our write, so it must not count."""
+        with self.lock:
+            self.expires = 0.0
+            self.current = False
+
+
+def _read_compacted(store: ObjectStore) -> dict[str, Revocation]:
+    """Entries another instance read already, so that a cold instance makes one read instead of one per entry.
+
+    Only ever a shortcut: which entries exist is decided by the listing, so a stale copy (missing new
+    entries, holding removed ones) changes nothing; an unreadable one is ignored.
+    """
+    data = store.read(COMPACTED)
+    try:
+        documents = json.loads(data) if data is not None else []
+        entries = [Revocation.parse(d, f"{PREFIX}{d['id']}.json") for d in documents]
+    except (ValueError, TypeError, KeyError):
+        entries = [None]
+    if None in entries:
+        log.warning("%s is unreadable; reading the revocations one by one", COMPACTED)
+        return {}
+    return {e.key: e for e in entries if e is not None}
+
+
+def _write_compacted(store: ObjectStore, revocations: RevocationList) -> None:
+    store.replace(COMPACTED, json.dumps([e.to_json() for e in revocations.entries]).encode())
+
+
+_views_lock = threading.Lock()
+_views: dict[ObjectStore, _View] = {}
+
+
+def _view(store: ObjectStore) -> _View:
+    with _views_lock:
+        return _views.setdefault(store, _View())
+
+
+def cache_seconds(settings: Settings) -> int:
+    return settings.integer("RevocationCacheSeconds", DEFAULT_CACHE_SECONDS, minimum=0, maximum=3600)
+
+
+def load_revocations(settings: Settings, *, fresh: bool = False) -> RevocationList:
+    """The list as this instance knows it: at most RevocationCacheSeconds old, or read now with `fresh`."""
+    store = open_data_store(settings)
+    return _view(store).get(store, cache_seconds(settings), fresh)
+
+
+# -- the checks wired into enrollment, EST and reports ---------------------------------------------
+
+
+def _ca_subject(settings: Settings, revocations: RevocationList) -> x509.Name | None:
+    """Serial and registration-ID entries refer to this service's CA; without one configured none can match."""
+    if not revocations.has_ca_entries:
+        return None
+    try:
+        return load_signer(settings).certificate.subject
+    except ConfigurationError:
+        return None
+
+
+def check_enrollment(registration_id: str, key: PublicKey, settings: Settings) -> None:
+    """403 for a revoked registration ID, or for a key whose certificate was revoked (a renewal reusing it)."""
+    revocations = load_revocations(settings)
+    hit = revocations.by_registration.get(registration_id.lower())
+    if hit is not None:
+        raise Forbidden(
+            f"registration {registration_id} is revoked ({hit.reason}, {_utc(hit.revoked_at)})",
+            code="registration_revoked",
+        )
+    if revocations.by_key:
+        hit = revocations.by_key.get(key_hash(key))
+        if hit is not None:
+            raise Forbidden(
+                f"this public key belongs to a revoked certificate ({hit.reason}); enroll with a new key",
+                code="key_revoked",
+            )
+
+
+def revoked(certificate: x509.Certificate, settings: Settings) -> Revocation | None:
+    revocations = load_revocations(settings)
+    return revocations.is_revoked(certificate, _ca_subject(settings, revocations))
+
+
+def check_path(certificates: Iterable[x509.Certificate], fingerprints: Iterable[str], settings: Settings) -> None:
+    """422 `revoked` naming the first revoked certificate of a verified path (signer first)."""
+    revocations = load_revocations(settings)
+    if not revocations.entries:
+        return
+    ca_subject = _ca_subject(settings, revocations)
+    for certificate, fingerprint in zip(certificates, fingerprints, strict=True):
+        hit = revocations.is_revoked(certificate, ca_subject, fingerprint)
+        if hit is not None:
+            name = certificate.subject.rfc4514_string() or "(empty subject)"
+            raise Unprocessable(
+                f"certificate {name[:160]} (SHA-256 {fingerprint}) is revoked: {hit.reason} since "
+                f"{_utc(hit.revoked_at)}",
+                code="revoked",
+            )
+
+
+# -- the audit log, read ----------------------------------------------------------------------------
+
+
+def _record_key_hash(record: Mapping[str, Any]) -> str | None:
+    try:
+        return key_hash(x509.load_pem_x509_certificate(str(record["certificate"]).encode()).public_key())
+    except (KeyError, ValueError):
+        return None
+
+
+# -- changing the list ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a revocation request names, resolved against the audit log."""
+
+    kind: str
+    value: str
+    serial_numbers: tuple[str, ...] = ()
+    registration_id: str | None = None
+    public_keys: tuple[str, ...] = ()
+
+
+def _from_records(kind: str, value: str, records: list[dict[str, Any]], registration_id: str | None) -> Target:
+    keys = (_record_key_hash(r) for r in records)
+    return Target(
+        kind,
+        value,
+        tuple(str(r.get("serialNumber")) for r in records),
+        registration_id,
+        tuple(dict.fromkeys(k for k in keys if k is not None)),
+    )
+
+
+def _serial_target(store: ObjectStore, value: object) -> Target:
+    """Found by listing the audit log's names (no reads): its registration ID and key, if it is recorded."""
+    serial = normalize_serial(value)
+    suffix = f"/{serial}.json"
+    keys = [k for k in store.list(AUDIT_PREFIX) if k.endswith(suffix)]
+    records = [r for r in (read_json(store, k) for k in keys[:1]) if r is not None]
+    if not records:
+        return Target("serial", serial, (serial,))
+    target = _from_records("serial", serial, records, str(records[0].get("registrationId")))
+    return Target("serial", serial, (serial,), target.registration_id, target.public_keys)
+
+
+def _registration_target(store: ObjectStore, value: object) -> Target:
+    registration_id = validate_registration_id(value)
+    keys = store.list(audit_prefix(registration_id))
+    records = [r for r in (read_json(store, k) for k in keys) if r is not None]
+    return _from_records("registrationId", registration_id.lower(), records, registration_id)
+
+
+def parse_certificate(value: object) -> x509.Certificate:
+    text = value.strip() if isinstance(value, str) else ""
+    try:
+        if is_pem(text.encode()):
+            return x509.load_pem_x509_certificate(text.encode())
+        return x509.load_der_x509_certificate(base64.b64decode(text, validate=True))
+    except (ValueError, binascii.Error):
+        raise BadRequest(
+            "certificate must be one PEM or base64 DER X.509 certificate", code="invalid_certificate"
+        ) from None
+
+
+def _certificate_target(store: ObjectStore, value: object, settings: Settings) -> Target:
+    """A fingerprint entry; if this CA signed the certificate, its serial goes into the CRL as well."""
+    certificate = parse_certificate(value)
+    fingerprint = sha256_fingerprint(certificate)
+    try:
+        keys: tuple[str, ...] = (key_hash(certificate.public_key()),)
+    except UnsupportedAlgorithm:  # a foreign certificate's key type: it can never enroll here anyway
+        keys = ()
+    try:
+        certificate.verify_directly_issued_by(load_signer(settings).certificate)
+    except (InvalidSignature, ValueError, TypeError, UnsupportedAlgorithm):
+        return Target("fingerprint", fingerprint, (), None, keys)
+    serial = format(certificate.serial_number, "X")
+    name = common_name(certificate.subject)
+    record = None
+    if name is not None and REGISTRATION_ID.fullmatch(name):  # signed by our key outside the service: no record
+        record = read_json(store, audit_key(name, serial))
+    recorded = record is not None and record.get("sha256Fingerprint") == fingerprint
+    return Target("fingerprint", fingerprint, (serial,), name if recorded else None, keys)
+
+
+def resolve(store: ObjectStore, selector: str, value: object, settings: Settings) -> Target:
+    if selector == "serialNumber":
+        return _serial_target(store, value)
+    if selector == "registrationId":
+        return _registration_target(store, value)
+    if selector == "certificate":
+        return _certificate_target(store, value, settings)
+    fingerprint = normalize_fingerprint(value)
+    if fingerprint is None:
+        raise BadRequest("fingerprint must be a SHA-256 fingerprint (64 hex digits, colons optional)",
+                         code="invalid_fingerprint")  # fmt: skip
+    # A bare fingerprint is not looked up: that would read every audit record. It blocks the certificate
+    # wherever it is presented; to put one of ours in the CRL, revoke it by serial or by certificate.
+    return Target("fingerprint", fingerprint)
+
+
+def revoke(settings: Settings, selector: str, value: object, reason: str, now: dt.datetime) -> tuple[Revocation, bool]:
+    """The entry and whether this call made it; revoking what is already revoked for the same reason is a no-op."""
+    store = open_data_store(settings)
+    target = resolve(store, selector, value, settings)
+    existing = load_revocations(settings, fresh=True).find(target.kind, target.value)
+    if existing is not None:
+        if existing.reason != reason:
+            raise Conflict(
+                f"already revoked as {existing.id} ({existing.reason}); a certificateHold entry can be deleted "
+                "and revoked again with another reason, other reasons are permanent",
+                code="already_revoked",
+            )
+        return existing, False
+    entry = Revocation(
+        id=new_id(now),
+        kind=target.kind,
+        value=target.value,
+        reason=reason,
+        revoked_at=now.replace(microsecond=0),
+        serial_numbers=target.serial_numbers,
+        registration_id=target.registration_id,
+        public_keys=target.public_keys,
+    )
+    if not store.create(entry.key, json.dumps(entry.to_json(), indent=1).encode()):
+        raise BackendUnavailable("revocation id collision; retry")
+    _view(store).invalidate()
+    log.info("revoked %s %s (%s) as %s", entry.kind, entry.value, entry.reason, entry.id)
+    return entry, True
+
+
+def remove(settings: Settings, revocation_id: str) -> Revocation:
+    """Only a hold ends: RFC 5280 revocation for any other reason is permanent."""
+    store = open_data_store(settings)
+    key = f"{PREFIX}{revocation_id}.json"
+    data = store.read(key) if is_revocation_id(revocation_id) else None
+    if data is None:
+        raise NotFound("no revocation with this id")
+    entry = Revocation.from_json(data, key)
+    if entry.reason != HOLD:
+        raise Conflict(
+            f"revocation {entry.id} is {entry.reason}, which is permanent; only certificateHold entries can be removed",
+            code="not_on_hold",
+        )
+    store.delete(key)
+    _view(store).invalidate()
+    log.info("removed hold %s on %s %s", entry.id, entry.kind, entry.value)
+    return entry

@@ -1,0 +1,98 @@
+"""Where the service keeps its own data: audit log, trust anchors, reports.
+
+`DataStore` picks File (a folder) or Blob (a container). Both offer the same small
+object interface; `create` is atomic and never overwrites, which is what makes
+audit records and report ingestion idempotent and safe under concurrency.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import re
+import threading
+from typing import Any, Protocol
+
+from xboot.errors import BackendUnavailable, ConfigurationError
+from xboot.service.settings import Settings
+
+_SEGMENT = re.compile(r"[A-Za-z0-9._:=-]+")
+
+
+def check_key(key: str) -> str:
+    """Object keys are '/'-separated segments of safe characters; '.' and '..' never pass."""
+    segments = key.split("/")
+    if not all(_SEGMENT.fullmatch(s) and s not in (".", "..") for s in segments):
+        raise ValueError(f"unsafe storage key {key!r}")
+    return key
+
+
+class ObjectStore(Protocol):
+    def create(self, key: str, data: bytes) -> bool:
+        """Write `data` under `key` unless it exists; True if this call wrote it. Atomic."""
+        ...
+
+    def replace(self, key: str, data: bytes) -> None:
+        """Write `data` under `key`, replacing what was there. Atomic for readers."""
+        ...
+
+    def read(self, key: str) -> bytes | None: ...
+
+    def delete(self, key: str) -> None: ...
+
+    def list(self, prefix: str, *, after: str | None = None, limit: int | None = None) -> list[str]:
+        """Keys under `prefix`, ascending, strictly after `after`, at most `limit`."""
+        ...
+
+
+def read_json(store: ObjectStore, key: str) -> dict[str, Any] | None:
+    """A stored JSON object, or None if there is none; one that exists but cannot be read is a storage fault."""
+    data = store.read(key)
+    if data is None:
+        return None
+    try:
+        document = json.loads(data)
+    except ValueError:
+        document = None
+    if not isinstance(document, dict):
+        raise BackendUnavailable(f"stored object {key} is unreadable")
+    return document
+
+
+_STORES = {"file": "xboot.service.storage.file", "blob": "xboot.service.storage.blob"}
+_SETTINGS = (
+    "DataStore",
+    "DataDirectory",
+    "DataBlobContainer",
+    "DataBlobConnectionString",
+    "DataBlobAccountUrl",
+    "BlobConnectionString",
+    "BlobAccountUrl",
+    "AzureWebJobsStorage",
+    "AzureWebJobsStorage__blobServiceUri",
+    "Location",
+)
+_lock = threading.Lock()
+_opened: dict[tuple[str | None, ...], ObjectStore] = {}
+
+
+def data_store_kind(settings: Settings) -> str:
+    """`DataStore` if set; else Blob when the CA itself is in Blob storage, File otherwise."""
+    value = settings.get("DataStore")
+    if value is None:
+        location = (settings.get("Location") or "").lower()
+        return "blob" if location in ("2", "blob") else "file"
+    if value.lower() not in _STORES:
+        raise ConfigurationError("setting DataStore: use File or Blob")
+    return value.lower()
+
+
+def open_data_store(settings: Settings) -> ObjectStore:
+    key = settings.snapshot(_SETTINGS)
+    with _lock:
+        store = _opened.get(key)
+        if store is None:
+            module = importlib.import_module(_STORES[data_store_kind(settings)])
+            store = module.open_store(settings)
+            _opened[key] = store
+        return store
