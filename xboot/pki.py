@@ -165,3 +165,16 @@ def describe_key(key: PublicKey) -> str:
     if isinstance(key, rsa.RSAPublicKey):
         return f"RSA-{key.key_size}"
     return f"EC {key.curve.name}"
+
+
+KEY_TYPES = ("ec-p256", "ec-p384", "rsa-2048", "rsa-3072")
+
+
+def generate_key(key_type: str) -> PrivateKey:
+    if key_type == "ec-p256":
+        return ec.generate_private_key(ec.SECP256R1())
+    if key_type == "ec-p384":
+        return ec.generate_private_key(ec.SECP384R1())
+    if key_type in ("rsa-2048", "rsa-3072"):
+        return rsa.generate_private_key(public_exponent=65537, key_size=int(key_type[4:]))
+    raise ValueError(f"unknown key type {key_type}; use one of {', '.join(KEY_TYPES)}")

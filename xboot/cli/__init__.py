@@ -43,8 +43,8 @@ from xboot.device.client import (
 )
 from xboot.device.simulate import run_simulation
 from xboot.device.smime import sign_report
-from xboot.pki import sha256_fingerprint
-from xboot.service.ca.devca import KEY_TYPES, DevelopmentCa, create_development_ca
+from xboot.pki import KEY_TYPES, sha256_fingerprint
+from xboot.service.ca.devca import DevelopmentCa, create_development_ca
 
 DEFAULT_PORT = 7071
 

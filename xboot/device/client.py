@@ -40,9 +40,8 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import NameOID
 
 from xboot.device.smime import key_matches
-from xboot.pki import PrivateKey, common_name, sha256_fingerprint, signature_hash
+from xboot.pki import KEY_TYPES, PrivateKey, common_name, generate_key, sha256_fingerprint, signature_hash
 from xboot.pki import normalize_fingerprint as pki_normalize_fingerprint
-from xboot.service.ca.devca import KEY_TYPES, generate_key
 
 __all__ = [
     "KEY_TYPES",

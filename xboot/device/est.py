@@ -31,8 +31,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs7
 from cryptography.x509.oid import NameOID
 
-from xboot.pki import PrivateKey, signature_hash
-from xboot.service.ca.devca import generate_key
+from xboot.pki import PrivateKey, generate_key, signature_hash
 
 __all__ = ["EstClient", "EstEnrollment", "EstError", "est_enroll", "est_reenroll", "tls_context"]
 

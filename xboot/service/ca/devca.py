@@ -12,23 +12,10 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
-from xboot.pki import PrivateKey, signature_hash
+from xboot.pki import PrivateKey, generate_key, signature_hash
 from xboot.service.ca.issuance import random_serial
-
-KEY_TYPES = ("ec-p256", "ec-p384", "rsa-2048", "rsa-3072")
-
-
-def generate_key(key_type: str) -> PrivateKey:
-    if key_type == "ec-p256":
-        return ec.generate_private_key(ec.SECP256R1())
-    if key_type == "ec-p384":
-        return ec.generate_private_key(ec.SECP384R1())
-    if key_type in ("rsa-2048", "rsa-3072"):
-        return rsa.generate_private_key(public_exponent=65537, key_size=int(key_type[4:]))
-    raise ValueError(f"unknown key type {key_type}; use one of {', '.join(KEY_TYPES)}")
 
 
 def ca_certificate(

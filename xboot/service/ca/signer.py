@@ -13,7 +13,6 @@ import threading
 import time
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Protocol
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -21,55 +20,14 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from xboot.errors import ConfigurationError
-from xboot.pki import PrivateKey, PublicKey, certificates_to_pem, describe_key, sha256_fingerprint, spki_der
+from xboot.pki import PublicKey, certificates_to_pem, describe_key, sha256_fingerprint, spki_der
 from xboot.service.ca import locations
+from xboot.service.ca.material import CaKey, CaMaterial
 from xboot.service.settings import Settings
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CACHE_SECONDS = 300
-
-
-class CaKey(Protocol):
-    """A CA key that signs certificates and CRLs: held in memory, or remote (Key Vault) and never exported."""
-
-    def public_key(self) -> PublicKey: ...
-
-    def sign_certificate(
-        self, builder: x509.CertificateBuilder, algorithm: hashes.HashAlgorithm
-    ) -> x509.Certificate: ...
-
-    def sign_crl(
-        self, builder: x509.CertificateRevocationListBuilder, algorithm: hashes.HashAlgorithm
-    ) -> x509.CertificateRevocationList: ...
-
-
-@dataclass(frozen=True)
-class LocalKey:
-    private_key: PrivateKey
-
-    def public_key(self) -> PublicKey:
-        return self.private_key.public_key()
-
-    def sign_certificate(self, builder: x509.CertificateBuilder, algorithm: hashes.HashAlgorithm) -> x509.Certificate:
-        return builder.sign(self.private_key, algorithm)
-
-    def sign_crl(
-        self, builder: x509.CertificateRevocationListBuilder, algorithm: hashes.HashAlgorithm
-    ) -> x509.CertificateRevocationList:
-        return builder.sign(self.private_key, algorithm)
-
-
-@dataclass(frozen=True)
-class CaMaterial:
-    """What a key location returns: raw material, not yet checked."""
-
-    certificates: tuple[x509.Certificate, ...]
-    key: CaKey
-    chain: tuple[x509.Certificate, ...] = ()
-    certificate_setting: str = "CertificateFile"
-    key_setting: str = "PrivateKeyFile"
-    chain_setting: str = "CertificateChainFile"
 
 
 @dataclass(frozen=True)

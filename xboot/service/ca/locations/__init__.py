@@ -10,13 +10,10 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from xboot.errors import ConfigurationError
+from xboot.service.ca.material import CaMaterial
 from xboot.service.settings import Settings
-
-if TYPE_CHECKING:
-    from xboot.service.ca.signer import CaMaterial
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,7 @@ is re-wrapped by `normalize_pem`; `\\n` escapes are accepted too.
 
 from __future__ import annotations
 
-from xboot.service.ca.locations._material import material_from_bytes
-from xboot.service.ca.signer import CaMaterial
+from xboot.service.ca.material import CaMaterial, material_from_bytes
 from xboot.service.settings import Settings
 
 

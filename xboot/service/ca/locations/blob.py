@@ -13,8 +13,7 @@ from azure.core.exceptions import AzureError, ResourceNotFoundError
 from xboot.errors import ConfigurationError
 from xboot.service.azure.blob import blob_service_client
 from xboot.service.azure.sdk import raise_backend_error
-from xboot.service.ca.locations._material import material_from_bytes
-from xboot.service.ca.signer import CaMaterial
+from xboot.service.ca.material import CaMaterial, material_from_bytes
 from xboot.service.settings import Settings
 
 _ROLE = "the Storage Blob Data Reader role on the container"

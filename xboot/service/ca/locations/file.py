@@ -5,8 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from xboot.errors import ConfigurationError
-from xboot.service.ca.locations._material import material_from_bytes
-from xboot.service.ca.signer import CaMaterial
+from xboot.service.ca.material import CaMaterial, material_from_bytes
 from xboot.service.settings import Settings
 
 

@@ -18,7 +18,7 @@ from xboot.errors import ConfigurationError
 from xboot.pki import load_certificates, load_private_key
 from xboot.service.azure import keyvault
 from xboot.service.azure.sdk import raise_backend_error
-from xboot.service.ca.signer import CaMaterial, LocalKey
+from xboot.service.ca.material import CaMaterial, LocalKey
 from xboot.service.settings import Settings
 
 _NOT_EXPORTABLE = (

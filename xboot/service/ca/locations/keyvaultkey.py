@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from xboot.errors import ConfigurationError
 from xboot.pki import PrivateKey, PublicKey, load_certificates
 from xboot.service.azure import keyvault, sdk
-from xboot.service.ca.signer import CaMaterial
+from xboot.service.ca.material import CaMaterial
 from xboot.service.settings import Settings
 
 _READ_ROLE = "the Key Vault Certificate User role"
