@@ -30,7 +30,7 @@ from xboot.cli import (
     EXIT_USAGE,
     EXIT_VERIFICATION,
 )
-from xboot.device.client import XbootClient
+from xboot.device import XbootClient
 from xboot.service.ca.devca import create_development_ca
 
 PFX_PASSWORD = "pfx-Pa55-word"

@@ -25,7 +25,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from tests.fixtures.live_server import free_port
 from tests.helpers import openssl
-from xboot.device.client import (
+from xboot.device import (
     ClientError,
     DeviceFiles,
     DeviceIdentity,
@@ -38,14 +38,14 @@ from xboot.device.client import (
     build_csr,
     generate_key,
     normalize_fingerprint,
-    parse_enrollment,
-    parse_retry_after,
     renewal_due,
     split_service_url,
     verify_enrollment,
 )
+from xboot.device.enrollment import parse_enrollment
 from xboot.device.simulate import DeviceOutcome, percentile, summarize
 from xboot.device.smime import sign_report
+from xboot.device.transport import parse_retry_after
 from xboot.service.ca.devca import DevelopmentCa, ca_certificate, create_development_ca
 
 NOW = dt.datetime.now(dt.UTC)

@@ -18,7 +18,7 @@ from cryptography import x509
 
 from tests.helpers import CliRunner, openssl
 from xboot.cli import EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_VERIFICATION
-from xboot.device.client import XbootClient
+from xboot.device import XbootClient
 from xboot.service.serve import FunctionsWsgiApp, Keys
 
 FUNCTION_KEY = "device-key-123"

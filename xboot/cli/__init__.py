@@ -22,7 +22,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from xboot.device.client import (
+from xboot.device import (
     ClientError,
     DeviceFiles,
     DeviceResult,

@@ -17,8 +17,10 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Any
 
-from xboot.device.client import ServerRefused, ServerUnavailable, VerificationFailed, XbootClient, generate_key
+from xboot.device.client import XbootClient
+from xboot.device.errors import ServerRefused, ServerUnavailable, VerificationFailed
 from xboot.device.smime import sign_report
+from xboot.pki import generate_key
 
 PERCENTILES = (50, 90, 99)
 
