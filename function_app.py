@@ -1,8 +1,8 @@
-"""Azure Functions entry point: HTTP routes mapped to xboot.service.http.enrollment, nothing more."""
+"""Azure Functions entry point: a route table onto the HTTP edge in xboot.service.http, nothing more."""
 
 import azure.functions as func
 
-from xboot.service.http import enrollment, est, lifecycle, reports
+from xboot.service.http import enrollment, est, lifecycle, reports, trust
 from xboot.service.http.edge import respond
 from xboot.service.settings import Settings
 
@@ -82,7 +82,7 @@ def update_report_get(req: func.HttpRequest) -> func.HttpResponse:
     auth_level=func.AuthLevel.ADMIN,
 )
 def trusted_fingerprints_get(req: func.HttpRequest) -> func.HttpResponse:
-    return respond(lambda: reports.get_trusted_fingerprints(Settings.from_environ()))
+    return respond(lambda: trust.get_trusted_fingerprints(Settings.from_environ()))
 
 
 @app.route(
@@ -91,7 +91,7 @@ def trusted_fingerprints_get(req: func.HttpRequest) -> func.HttpResponse:
     auth_level=func.AuthLevel.ADMIN,
 )
 def trusted_fingerprints_set(req: func.HttpRequest) -> func.HttpResponse:
-    return respond(lambda: reports.set_trusted_fingerprints(req.get_body(), Settings.from_environ()))
+    return respond(lambda: trust.set_trusted_fingerprints(req.get_body(), Settings.from_environ()))
 
 
 # Device lifecycle: revocations and the issuance audit log (admin); the CRL is public (CRL fetchers carry no keys).

@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from xboot.cli import EXIT_OK, main
+from xboot.cli import main
+from xboot.cli.common import EXIT_OK
 
 
 def openssl(*args: str, cwd: Path | None = None, stdin: bytes | None = None) -> bytes:

@@ -21,7 +21,7 @@ from cryptography import x509
 
 from tests.fixtures.live_server import ROOT, LiveServer, free_port
 from tests.helpers import CliRunner, openssl
-from xboot.cli import (
+from xboot.cli.common import (
     EXIT_LOCAL,
     EXIT_OK,
     EXIT_REFUSED,

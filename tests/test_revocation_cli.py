@@ -17,7 +17,7 @@ import waitress
 from cryptography import x509
 
 from tests.helpers import CliRunner, openssl
-from xboot.cli import EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_VERIFICATION
+from xboot.cli.common import EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_VERIFICATION
 from xboot.device import XbootClient
 from xboot.service.serve import FunctionsWsgiApp, Keys
 

@@ -1,4 +1,4 @@
-"""Report and trust-anchor endpoints: plain data in (body, Content-Type, query, route values), `ApiResponse` out."""
+"""Report endpoints: plain data in (body, Content-Type, query, route values), `ApiResponse` out."""
 
 from __future__ import annotations
 
@@ -8,18 +8,12 @@ from collections.abc import Mapping
 from typing import Any
 
 from xboot.errors import BadRequest, NotFound, Unprocessable
-from xboot.service.http.edge import ApiResponse, check_size, field_ci, json_object, page_size
+from xboot.service.http.edge import ApiResponse, check_size, page_size
 from xboot.service.lifecycle.revocation import check_path
 from xboot.service.reports.smime import read_request, report_document
 from xboot.service.reports.store import Kind, is_report_id, list_reports, read_report, store_report
 from xboot.service.reports.trust import (
-    CONFIG_NAME,
-    TrustList,
     load_trust_anchors,
-    parse_fingerprint_list,
-    read_trust_list,
-    replace_trust_list,
-    trusts_issuing_ca,
 )
 from xboot.service.reports.verify import verify_signed_report
 from xboot.service.settings import Settings
@@ -87,24 +81,3 @@ def get_report(kind: Kind, report_id: str, settings: Settings) -> ApiResponse:
     if record is None:
         raise NotFound(f"no {kind} report with this id")
     return ApiResponse(200, record)
-
-
-def _trust_body(trust: TrustList, settings: Settings) -> dict[str, Any]:
-    return {
-        "key": CONFIG_NAME,
-        "value": list(trust.fingerprints),
-        "source": trust.source,
-        "updatedAt": trust.updated_at,
-        "issuingCaTrusted": trusts_issuing_ca(settings),
-    }
-
-
-def get_trusted_fingerprints(settings: Settings) -> ApiResponse:
-    return ApiResponse(200, _trust_body(read_trust_list(open_data_store(settings), settings), settings))
-
-
-def set_trusted_fingerprints(body: bytes, settings: Settings) -> ApiResponse:
-    """Replaces the whole list, as in the guide: send every fingerprint that should stay trusted."""
-    fingerprints = parse_fingerprint_list(field_ci(json_object(body), "value"))
-    trust = replace_trust_list(open_data_store(settings), fingerprints, dt.datetime.now(dt.UTC))
-    return ApiResponse(200, _trust_body(trust, settings))

@@ -1,0 +1,181 @@
+"""Run and exercise a service: serve and init-ca (service modules, imported only when run), simulate."""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import secrets
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from xboot.cli.common import EXIT_OK, EXIT_SIMULATION_FAILURES, Output, UsageError, client_command, make_client
+from xboot.device.simulate import run_simulation
+from xboot.pki import KEY_TYPES
+
+if TYPE_CHECKING:
+    from xboot.service.ca.devca import DevelopmentCa
+
+DEFAULT_PORT = 7071
+SERVICE_EXTRAS = "xboot serve needs the service's packages: pip install 'xboot[service]' (or scripts/setup)"
+
+
+def load_local_settings(directory: Path) -> int:
+    """Values from local.settings.json, as `func start` applies them; real environment variables win."""
+    path = directory / "local.settings.json"
+    if not path.exists():
+        return 0
+    try:
+        values = json.loads(path.read_text(encoding="utf-8-sig")).get("Values", {})
+    except (ValueError, AttributeError):
+        raise SystemExit(f"error: {path} is not valid JSON with a Values object") from None
+    applied = 0
+    for name, value in values.items():
+        if name not in os.environ and value is not None:
+            os.environ[name] = str(value)
+            applied += 1
+    return applied
+
+
+def use_development_ca() -> DevelopmentCa:
+    """With no Location configured, serve a development CA kept in the data folder, and say so loudly."""
+    from xboot.service.ca.devca import DevelopmentCa, create_development_ca
+
+    data = Path(os.environ.get("DataDirectory") or ".xboot-data")
+    ca = DevelopmentCa(data / "dev-ca")
+    if not ca.exists():
+        create_development_ca(ca.directory)
+    for name, value in ca.settings().items():
+        os.environ[name] = value
+    banner = "=" * 78
+    print(
+        f"{banner}\n WARNING: no Location is configured: serving a DEVELOPMENT CA from {ca.directory}/\n"
+        f" Devices enrolled now chain to {ca.root_certificate}, which nothing in production trusts.\n"
+        f" Configure Location (see README) for a real CA.\n{banner}",
+        file=sys.stderr,
+    )
+    return ca
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        from xboot.service.serve import FunctionsWsgiApp, Keys, load_routes, run
+    except ImportError as error:
+        print(f"error: {SERVICE_EXTRAS} ({error.name} is missing)", file=sys.stderr)
+        return 1
+
+    directory = Path(args.app_dir).resolve()
+    os.chdir(directory)
+    applied = load_local_settings(directory)
+    if applied:
+        print(f"applied {applied} values from local.settings.json", file=sys.stderr)
+    if not os.environ.get("Location"):
+        use_development_ca()
+    table = load_routes(directory)
+    keys = Keys(
+        function=args.function_key or os.environ.get("XBOOT_FUNCTION_KEY"),
+        admin=args.admin_key or os.environ.get("XBOOT_ADMIN_KEY"),
+    )
+    for route in table.routes:
+        methods = ",".join(sorted(route.methods)) if route.methods else "ALL"
+        print(f"  {route.name}: [{methods}] http://{args.host}:{args.port}{route.path}", file=sys.stderr)
+    if keys.function is None and keys.admin is None:
+        print(
+            "auth levels are not enforced (like Core Tools); pass --function-key/--admin-key to enforce",
+            file=sys.stderr,
+        )
+    print(f"xboot serving on http://{args.host}:{args.port} with {args.threads} threads", file=sys.stderr)
+    run(FunctionsWsgiApp(table, keys), args.host, args.port, args.threads)
+    return 0
+
+
+def cmd_init_ca(args: argparse.Namespace) -> int:
+    from xboot.service.ca.devca import create_development_ca
+
+    try:
+        ca = create_development_ca(Path(args.directory), args.key_type)
+    except FileExistsError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(f"development CA ({args.key_type}) written to {ca.directory}/: ca.cer ca.key (root), ia.cer ia.key (issuing)")
+    print("settings for local.settings.json (Values) or the environment:")
+    print(json.dumps(ca.settings(), indent=2))
+    return 0
+
+
+def _latency_table(latency: dict[str, dict[str, float]]) -> list[str]:
+    lines = [f"  {'latency (ms)':<14}{'p50':>9}{'p90':>9}{'p99':>9}{'max':>9}"]
+    for step, values in latency.items():
+        lines.append(f"  {step:<14}" + "".join(f"{values[k]:>9.1f}" for k in ("p50", "p90", "p99", "max")))
+    return lines
+
+
+def cmd_simulate(args: argparse.Namespace, out: Output) -> int:
+    if args.devices < 1 or args.concurrency < 1:
+        raise UsageError("--devices and --concurrency must be at least 1")
+    retries = itertools.count()  # next() is atomic under the GIL: safe from the worker threads
+    client = make_client(args, out, on_retry=lambda notice: next(retries))
+    prefix = args.prefix or f"sim-{secrets.token_hex(3)}-"
+    interactive = not out.as_json and sys.stderr.isatty()
+    every = max(1, args.devices // 10)
+
+    def progress(done: int, total: int, failed: int) -> None:
+        if out.as_json:
+            return
+        if interactive:
+            print(f"\r... {done}/{total} devices done, {failed} failed", end="", file=sys.stderr, flush=True)
+            if done == total:
+                print(file=sys.stderr)
+        elif done % every == 0 or done == total:
+            print(f"... {done}/{total} devices done, {failed} failed", file=sys.stderr, flush=True)
+
+    out.step(f"simulating {args.devices} devices ({prefix}...) against {client.base_url}, {args.concurrency} at a time")
+    summary = run_simulation(
+        client,
+        args.devices,
+        args.concurrency,
+        prefix,
+        key_type=args.key_type,
+        upload=not args.enroll_only,
+        on_progress=progress,
+    )
+    document = {**summary.as_dict(), "retries": next(retries), "prefix": prefix, "concurrency": args.concurrency}
+    lines = [
+        f"simulated {summary.devices} devices in {summary.wall_seconds:.1f} s "
+        f"({document['devicesPerSecond']} devices/s, concurrency {args.concurrency}, {document['retries']} retries)",
+        f"  succeeded {summary.succeeded}, failed {summary.failed}",
+        *(f"  failed {count:>5}  {reason}" for reason, count in summary.failures.items()),
+        *(_latency_table(summary.latency_ms) if summary.latency_ms else []),
+    ]
+    out.result(document, "\n".join(lines))
+    return EXIT_OK if summary.failed == 0 else EXIT_SIMULATION_FAILURES
+
+
+def add_commands(
+    commands: Any, network: argparse.ArgumentParser, code: argparse.ArgumentParser, as_json: argparse.ArgumentParser
+) -> None:
+    serve = commands.add_parser("serve", help="serve function_app.py's routes locally (like func start)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
+    serve.add_argument("--threads", type=int, default=8, help="worker threads (default 8)")
+    serve.add_argument("--app-dir", default=".", help="folder holding function_app.py and host.json")
+    serve.add_argument("--function-key", help="require this key on FUNCTION routes (?code= or x-functions-key)")
+    serve.add_argument("--admin-key", help="require this key on ADMIN routes (also valid on FUNCTION routes)")
+    serve.set_defaults(handler=cmd_serve)
+
+    init_ca = commands.add_parser("init-ca", help="create a development root and issuing CA")
+    init_ca.add_argument("directory", help="folder to write ca.cer, ca.key, ia.cer, ia.key into")
+    init_ca.add_argument("--key-type", choices=KEY_TYPES, default="ec-p256", help="CA key type (default ec-p256)")
+    init_ca.set_defaults(handler=cmd_init_ca)
+
+    simulate = commands.add_parser(
+        "simulate", parents=[network, code, as_json], help="enroll many devices and upload a signed report from each"
+    )
+    simulate.add_argument("--devices", type=int, default=10, help="how many devices (default 10)")
+    simulate.add_argument("--concurrency", type=int, default=4, help="devices at a time (default 4)")
+    simulate.add_argument("--key-type", choices=KEY_TYPES, default="ec-p256", help="device keys (default ec-p256)")
+    simulate.add_argument("--prefix", help="registration ID prefix (default sim-<random>-)")
+    simulate.add_argument("--enroll-only", action="store_true", help="skip signing and uploading reports")
+    simulate.set_defaults(handler=client_command(cmd_simulate))
