@@ -7,6 +7,7 @@ azure-*, no waitress), then drives `xboot enroll`, `renew`, `sign-report`, `uplo
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 import shutil
@@ -197,3 +198,60 @@ def test_device_commands_work_from_the_base_install(device_venv: Path, server: L
     assert (device / "device.crt.bak").exists()  # renew replaced the enrolled certificate
     stored = list((server.data_dir / "reports").rglob("*.json"))
     assert stored, "the uploaded report was not stored"
+
+
+def _module_imports() -> dict[str, set[str]]:
+    """Every xboot module and the xboot/third-party modules it imports anywhere (top level or inside functions)."""
+    graph: dict[str, set[str]] = {}
+    for path in (ROOT / "xboot").rglob("*.py"):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        found: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                found |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                found.add(node.module)
+                found |= {f"{node.module}.{alias.name}" for alias in node.names}
+        graph[name] = found
+    return graph
+
+
+def test_no_import_cycles_between_xboot_modules() -> None:
+    graph = _module_imports()
+    edges = {name: {m for m in imports if m in graph and m != name} for name, imports in graph.items()}
+    # A package importing its own submodules (xboot.device -> xboot.device.client) is how packages work.
+    edges = {name: {m for m in targets if not m.startswith(name + ".")} for name, targets in edges.items()}
+    state: dict[str, int] = {}
+
+    def visit(name: str, trail: list[str]) -> None:
+        state[name] = 1
+        for target in sorted(edges[name]):
+            if state.get(target) == 1:
+                raise AssertionError("import cycle: " + " -> ".join([*trail[trail.index(target) :], target]))
+            if target not in state:
+                visit(target, [*trail, target])
+        state[name] = 2
+
+    for name in sorted(edges):
+        if name not in state:
+            visit(name, [name])
+
+
+def test_device_side_imports_only_stdlib_cryptography_and_itself() -> None:
+    device_side = (
+        "xboot.device",
+        "xboot.cli.device",
+        "xboot.cli.operator",
+        "xboot.cli.common",
+        "xboot.pki",
+        "xboot.errors",
+    )
+    graph = _module_imports()
+    for name, imports in graph.items():
+        if not name.startswith(device_side):
+            continue
+        third_party = {m.split(".")[0] for m in imports} - set(sys.stdlib_module_names) - {"xboot", "cryptography"}
+        assert not third_party, f"{name} imports {third_party}"
+        service = {m for m in imports if m.startswith(("xboot.service", "xboot.cli.service"))}
+        assert not service, f"{name} imports service modules {service}"
