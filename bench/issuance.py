@@ -273,7 +273,7 @@ def audit_stats(signer: Signer, csr: DeviceCsr, disk: Path, shm: Path | None, it
     request = x509.load_der_x509_csr(csr.der)
     now = dt.datetime.now(dt.UTC)
     certificate = build_certificate(
-        request, check_csr(request, csr.registration_id), signer, dt.timedelta(days=365), now
+        request.subject, check_csr(request, csr.registration_id), signer, dt.timedelta(days=365), now
     )
     issued = IssuedCertificate(csr.registration_id, certificate, signer)
     null_store = NullStore()

@@ -146,9 +146,24 @@ def test_non_ca_certificate_refused(rsa_ca, app_env, functions, monkeypatch, tmp
     assert "CertificateFile" in message and "not a CA" in message
 
 
-def _self_signed_ca(key, not_before: dt.datetime, not_after: dt.datetime, directory: Path) -> None:
+CA_USAGE = x509.KeyUsage(
+    digital_signature=False,
+    content_commitment=False,
+    key_encipherment=False,
+    data_encipherment=False,
+    key_agreement=False,
+    key_cert_sign=True,
+    crl_sign=True,
+    encipher_only=False,
+    decipher_only=False,
+)
+
+
+def _self_signed_ca(
+    key, not_before: dt.datetime, not_after: dt.datetime, directory: Path, usage: x509.KeyUsage | None = CA_USAGE
+) -> None:
     name = x509.Name.from_rfc4514_string("CN=Old CA")
-    cert = (
+    builder = (
         x509.CertificateBuilder()
         .subject_name(name)
         .issuer_name(name)
@@ -157,8 +172,10 @@ def _self_signed_ca(key, not_before: dt.datetime, not_after: dt.datetime, direct
         .not_valid_before(not_before)
         .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
     )
+    if usage is not None:
+        builder = builder.add_extension(usage, critical=True)
+    cert = builder.sign(key, hashes.SHA256())
     directory.mkdir()
     (directory / "ca.cer").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     (directory / "ca.key").write_bytes(

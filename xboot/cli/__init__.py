@@ -10,10 +10,44 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 
 from xboot import __version__
 from xboot.cli import device, operator, service
 from xboot.cli.common import json_option, network_options
+
+
+def _options(parser: argparse.ArgumentParser) -> tuple[set[str], set[str]]:
+    """Every option string of every subcommand, and those that take one value."""
+    every: set[str] = set()
+    valued: set[str] = set()
+    pending = [parser]
+    while pending:
+        current = pending.pop()
+        for action in current._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                pending.extend(action.choices.values())
+            every.update(action.option_strings)
+            if action.option_strings and action.nargs is None:
+                valued.update(action.option_strings)
+    return every, valued
+
+
+def join_dash_values(argv: list[str], parser: argparse.ArgumentParser) -> list[str]:
+    """`--code -Abc` as `--code=-Abc`: keys and passwords may start with '-', which argparse reads as an option."""
+    every, valued = _options(parser)
+    joined: list[str] = []
+    index = 0
+    while index < len(argv):
+        token = argv[index]
+        following = argv[index + 1] if index + 1 < len(argv) else None
+        if token in valued and following is not None and following.startswith("-") and following not in every:
+            joined.append(f"{token}={following}")
+            index += 2
+        else:
+            joined.append(token)
+            index += 1
+    return joined
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,5 +65,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(join_dash_values(sys.argv[1:] if argv is None else argv, parser))
     return int(args.handler(args))

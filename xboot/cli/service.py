@@ -59,6 +59,11 @@ def use_development_ca() -> DevelopmentCa:
     return ca
 
 
+def _key(option: str | None, variable: str) -> str | None:
+    """The option if given, else the environment variable; an empty value is kept so that Keys refuses it."""
+    return option if option is not None else os.environ.get(variable)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     try:
         from xboot.service.serve import FunctionsWsgiApp, Keys, load_routes, run
@@ -74,10 +79,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if not os.environ.get("Location"):
         use_development_ca()
     table = load_routes(directory)
-    keys = Keys(
-        function=args.function_key or os.environ.get("XBOOT_FUNCTION_KEY"),
-        admin=args.admin_key or os.environ.get("XBOOT_ADMIN_KEY"),
-    )
+    try:
+        keys = Keys(
+            function=_key(args.function_key, "XBOOT_FUNCTION_KEY"), admin=_key(args.admin_key, "XBOOT_ADMIN_KEY")
+        )
+    except ValueError as error:
+        print(f"error: {error} (--function-key/XBOOT_FUNCTION_KEY, --admin-key/XBOOT_ADMIN_KEY)", file=sys.stderr)
+        return 2
     for route in table.routes:
         methods = ",".join(sorted(route.methods)) if route.methods else "ALL"
         print(f"  {route.name}: [{methods}] http://{args.host}:{args.port}{route.path}", file=sys.stderr)

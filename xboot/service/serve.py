@@ -135,13 +135,21 @@ def _json(status: int, code: str, message: str, headers: Mapping[str, str] | Non
 
 @dataclass(frozen=True)
 class Keys:
+    """The keys `xboot serve` enforces, like the Functions host's function and master keys."""
+
     function: str | None = None
     admin: str | None = None
+
+    def __post_init__(self) -> None:
+        # An empty key (what `export XBOOT_ADMIN_KEY=$UNSET` gives) would match an empty header: refuse it.
+        for name, value in (("function key", self.function), ("admin key", self.admin)):
+            if value is not None and not value.strip():
+                raise ValueError(f"the {name} is empty; give a real key or leave it unset")
 
     def permits(self, level: str, presented: str | None) -> bool:
         if level == "anonymous" or (self.function is None and self.admin is None):
             return True
-        if presented is None:
+        if not presented:  # an empty key never matches, whatever is configured
             return False
         candidates = [self.admin] if level == "admin" else [self.function, self.admin]
         return any(c is not None and hmac.compare_digest(c.encode(), presented.encode()) for c in candidates)
@@ -212,7 +220,38 @@ def load_routes(directory: Path) -> RouteTable:
     return RouteTable.from_app(module.app, route_prefix(directory / "host.json"))
 
 
+_WIRE_ERROR_CODES = {400: "bad_request", 413: "payload_too_large", 431: "headers_too_large"}
+
+
+def json_error_channel() -> type:
+    """A waitress channel whose own errors (bad Content-Length, oversized or broken chunked bodies, header
+    limits) are JSON like the app's, not waitress's text/plain: they are answered before the app runs."""
+    from waitress.channel import HTTPChannel
+    from waitress.task import ErrorTask
+
+    class JsonErrorTask(ErrorTask):  # type: ignore[misc]
+        def execute(self) -> None:
+            error = self.request.error
+            code = _WIRE_ERROR_CODES.get(error.code, "bad_request" if error.code < 500 else "internal_error")
+            message = f"{error.reason}: {error.body}".rstrip(": ") if error.body else error.reason
+            body = json.dumps({"error": code, "message": message}).encode()
+            self.status = f"{error.code} {error.reason}"
+            self.response_headers.extend([("Content-Type", "application/json"), ("Cache-Control", "no-store")])
+            self.set_close_on_finish()
+            self.content_length = len(body)
+            self.write(body)
+
+    class JsonErrorChannel(HTTPChannel):  # type: ignore[misc]
+        error_task_class = JsonErrorTask
+
+    return JsonErrorChannel
+
+
 def run(app: FunctionsWsgiApp, host: str, port: int, threads: int) -> None:
     import waitress
 
-    waitress.serve(app, host=host, port=port, threads=threads, max_request_body_size=MAX_WIRE_BODY, ident="xboot")
+    server = waitress.create_server(
+        app, host=host, port=port, threads=threads, max_request_body_size=MAX_WIRE_BODY, ident="xboot"
+    )
+    server.channel_class = json_error_channel()
+    server.run()

@@ -162,6 +162,7 @@ def published_crl(settings: Settings, now: dt.datetime | None = None) -> Publish
     now = now or dt.datetime.now(dt.UTC)
     store = open_data_store(settings)
     signer = load_signer(settings)
+    signer.require_crl_sign("sign the CRL served at /api/crl")
     ttl = cache_seconds(settings)
     hours = validity_hours(settings)
     latest = _latest_for(store)

@@ -9,24 +9,28 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
+import functools
 import hashlib
 import secrets
 from dataclasses import dataclass
 from functools import cached_property
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from xboot.errors import BadRequest, ConfigurationError
 from xboot.pki import PublicKey, common_name, describe_key, is_pem
 from xboot.service.ca.signer import Signer
+from xboot.service.settings import Settings
 
 BACKDATE = dt.timedelta(minutes=5)
 MIN_RSA_BITS = 2048
 MAX_RSA_BITS = 8192
 DEVICE_CURVES = (ec.SECP256R1, ec.SECP384R1)
+WEAK_HASHES = (hashes.MD5, hashes.SHA1)
 
 
 def parse_csr(text: str) -> x509.CertificateSigningRequest:
@@ -66,6 +70,15 @@ def check_csr(csr: x509.CertificateSigningRequest, registration_id: str) -> Publ
         raise BadRequest("device key refused: unsupported public key algorithm", code="weak_key") from None
     checked = check_device_key(key)
     try:
+        algorithm = csr.signature_hash_algorithm
+    except UnsupportedAlgorithm:
+        algorithm = None  # then is_signature_valid below cannot verify it either
+    if isinstance(algorithm, WEAK_HASHES):
+        raise BadRequest(
+            f"the CSR is signed with {algorithm.name.upper()}, which is broken; sign it with SHA-256 or stronger",
+            code="weak_signature",
+        )
+    try:
         valid = csr.is_signature_valid
     except Exception:  # noqa: BLE001 - unsupported signature algorithms
         valid = False
@@ -76,13 +89,52 @@ def check_csr(csr: x509.CertificateSigningRequest, registration_id: str) -> Publ
     return checked
 
 
+# Subject attributes an operator may add to every issued certificate (SubjectAttributes): the CA vouches
+# for them because the operator configured them, not because a device asked.
+SUBJECT_ATTRIBUTES = {
+    "C": NameOID.COUNTRY_NAME,
+    "ST": NameOID.STATE_OR_PROVINCE_NAME,
+    "L": NameOID.LOCALITY_NAME,
+    "O": NameOID.ORGANIZATION_NAME,
+    "OU": NameOID.ORGANIZATIONAL_UNIT_NAME,
+}
+
+
+@functools.lru_cache(maxsize=8)
+def _subject_attributes(text: str) -> tuple[x509.NameAttribute, ...]:
+    attributes = []
+    for part in text.split(","):
+        name, _, value = part.partition("=")
+        label = name.strip().upper()
+        oid = SUBJECT_ATTRIBUTES.get(label)
+        if oid is None or not value.strip():
+            raise ConfigurationError(
+                "setting SubjectAttributes: use NAME=value pairs separated by commas, "
+                f"NAME one of {', '.join(SUBJECT_ATTRIBUTES)}"
+            )
+        try:
+            attributes.append(x509.NameAttribute(oid, value.strip()))
+        except ValueError:  # e.g. C must be two letters
+            raise ConfigurationError(
+                f"setting SubjectAttributes: {name.strip().upper()} has an invalid value"
+            ) from None
+    return tuple(attributes)
+
+
+def issued_subject(registration_id: str, settings: Settings) -> x509.Name:
+    """CN = registration ID, after the attributes of SubjectAttributes; nothing from the (unauthenticated) CSR."""
+    configured = settings.get("SubjectAttributes")
+    prefix = _subject_attributes(configured) if configured else ()
+    return x509.Name([*prefix, x509.NameAttribute(NameOID.COMMON_NAME, registration_id)])
+
+
 def random_serial() -> int:
     """128 bits from the OS CSPRNG, never zero."""
     return 1 + secrets.randbelow(2**128 - 1)
 
 
 def build_certificate(
-    csr: x509.CertificateSigningRequest,
+    subject: x509.Name,
     key: PublicKey,
     signer: Signer,
     validity: dt.timedelta,
@@ -95,7 +147,7 @@ def build_certificate(
     usage_encipher = isinstance(key, rsa.RSAPublicKey)
     builder = (
         x509.CertificateBuilder()
-        .subject_name(csr.subject)
+        .subject_name(subject)
         .issuer_name(signer.certificate.subject)
         .public_key(key)
         .serial_number(random_serial())

@@ -36,9 +36,19 @@ class Signer:
     key: CaKey
     chain: tuple[x509.Certificate, ...]
     hash_algorithm: hashes.HashAlgorithm = field(compare=False)
+    crl_sign: bool = True  # keyUsage cRLSign: without it the CRL is refused, not signed
+    certificate_setting: str = "CertificateFile"
 
     def sign(self, builder: x509.CertificateBuilder) -> x509.Certificate:
         return self.key.sign_certificate(builder, self.hash_algorithm)
+
+    def require_crl_sign(self, purpose: str) -> None:
+        """Refuse, naming the setting, to publish or point at a CRL this CA may not sign."""
+        if not self.crl_sign:
+            raise ConfigurationError(
+                f"setting {self.certificate_setting}: the CA certificate's keyUsage lacks cRLSign, so it cannot "
+                f"{purpose}; reissue the CA with cRLSign (as the XBoot README's intermediate has)"
+            )
 
     @cached_property
     def chain_pem(self) -> str:
@@ -102,10 +112,13 @@ def check_ca_material(material: CaMaterial, now: dt.datetime) -> Signer:
         )
     try:
         usage = certificate.extensions.get_extension_for_class(x509.KeyUsage).value
-        if not usage.key_cert_sign:
-            raise ConfigurationError(f"setting {setting}: the CA certificate's keyUsage lacks keyCertSign")
     except x509.ExtensionNotFound:
-        pass
+        raise ConfigurationError(
+            f"setting {setting}: the CA certificate has no keyUsage extension; it needs keyCertSign (and cRLSign "
+            "to serve the CRL), or strict verifiers (openssl verify -x509_strict) refuse every certificate it issues"
+        ) from None
+    if not usage.key_cert_sign:
+        raise ConfigurationError(f"setting {setting}: the CA certificate's keyUsage lacks keyCertSign")
     if now < certificate.not_valid_before_utc:
         raise ConfigurationError(f"setting {setting}: the CA certificate is not valid yet")
     if now >= certificate.not_valid_after_utc:
@@ -118,7 +131,14 @@ def check_ca_material(material: CaMaterial, now: dt.datetime) -> Signer:
             raise ConfigurationError(
                 f"setting {material.chain_setting}: its first certificate did not issue the CA certificate"
             ) from None
-    return Signer(certificate=certificate, key=material.key, chain=chain, hash_algorithm=algorithm)
+    return Signer(
+        certificate=certificate,
+        key=material.key,
+        chain=chain,
+        hash_algorithm=algorithm,
+        crl_sign=usage.crl_sign,
+        certificate_setting=setting,
+    )
 
 
 class _SignerCache:

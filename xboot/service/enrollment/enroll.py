@@ -8,7 +8,7 @@ import logging
 from cryptography import x509
 
 from xboot.errors import BadRequest, ConfigurationError, Forbidden
-from xboot.service.ca.issuance import IssuedCertificate, build_certificate, check_csr, parse_csr
+from xboot.service.ca.issuance import IssuedCertificate, build_certificate, check_csr, issued_subject, parse_csr
 from xboot.service.ca.signer import load_signer
 from xboot.service.enrollment.registration import load_registration_policy, validate_registration_id
 from xboot.service.lifecycle.audit import record_issuance
@@ -44,7 +44,11 @@ def enroll_csr(registration_id: str, csr: x509.CertificateSigningRequest, settin
     check_enrollment(registration_id, key, settings)  # a dict lookup in the cached revocation list
     validity = dt.timedelta(days=settings.integer("CertificateValidityDays", 365, minimum=1, maximum=3650))
     now = dt.datetime.now(dt.UTC)
-    certificate = build_certificate(csr, key, signer, validity, now, crl_distribution_point(settings))
+    crl_url = crl_distribution_point(settings)
+    if crl_url is not None:
+        signer.require_crl_sign("sign the CRL that CrlDistributionPointUrl points at")
+    subject = issued_subject(registration_id, settings)
+    certificate = build_certificate(subject, key, signer, validity, now, crl_url)
     issued = IssuedCertificate(registration_id, certificate, signer)
     record_issuance(open_data_store(settings), issued, now)
     log.info("issued certificate %s to %s", issued.serial_number, registration_id)

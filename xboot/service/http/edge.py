@@ -17,6 +17,7 @@ from typing import Any
 import azure.functions as func
 
 from xboot.errors import BackendUnavailable, BadRequest, PayloadTooLarge, XbootError
+from xboot.service.untrusted import parse_json, whole_number
 
 log = logging.getLogger(__name__)
 
@@ -43,12 +44,17 @@ def json_object(body: bytes) -> dict[str, Any]:
     if not body.strip():
         raise BadRequest("request body is empty; send a JSON object", code="invalid_json")
     try:
-        value = json.loads(body.decode("utf-8-sig"))
-    except (UnicodeDecodeError, ValueError):
-        raise BadRequest("request body is not valid UTF-8 JSON", code="invalid_json") from None
+        value = parse_json(body)
+    except ValueError as error:
+        raise BadRequest(f"request body is not valid UTF-8 JSON: {_reason(error)}", code="invalid_json") from None
     if not isinstance(value, dict):
         raise BadRequest("request body must be a JSON object", code="invalid_json")
     return value
+
+
+def _reason(error: ValueError) -> str:
+    """Why a body did not parse, without echoing it (json's messages quote positions, not content)."""
+    return "not UTF-8" if isinstance(error, UnicodeDecodeError) else str(error).split(":")[0]
 
 
 def field_ci(document: Mapping[str, Any], name: str) -> Any:
@@ -64,9 +70,10 @@ def page_size(value: str | None, default: int, maximum: int) -> int:
     """The `limit` query parameter of a listing."""
     if value is None:
         return default
-    if not value.isdigit() or not 1 <= int(value) <= maximum:
+    number = whole_number(value)
+    if number is None or not 1 <= number <= maximum:
         raise BadRequest(f"limit must be a whole number from 1 to {maximum}", code="invalid_query")
-    return int(value)
+    return number
 
 
 def error_body(error: XbootError) -> dict[str, str]:

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import re
 from dataclasses import dataclass
 from email.message import Message
 from typing import Any
 
 from xboot.errors import BadRequest
+from xboot.service.untrusted import parse_json
 
 FORM_FIELD = "signedReport"
 MAX_GATEWAY_ID = 128
@@ -203,12 +203,14 @@ def report_document(signed: bytes) -> dict[str, Any]:
         raise _invalid_report("the signed content must be UTF-8")
     body = _transfer_decoded(headers, body, "signed content")
     try:
-        document = json.loads(body.decode("utf-8-sig"))
-    except (UnicodeDecodeError, ValueError, RecursionError):
+        document = parse_json(body)
+    except ValueError:
         raise _invalid_report("the signed content is not JSON; sign the report JSON itself") from None
     if not isinstance(document, dict):
         raise _invalid_report("the signed report must be a JSON object")
     gateway_id = document.get("gatewayId")
     if not isinstance(gateway_id, str) or not gateway_id.strip() or len(gateway_id) > MAX_GATEWAY_ID:
         raise _invalid_report(f"the signed report needs a gatewayId string of 1-{MAX_GATEWAY_ID} characters")
+    if not gateway_id.isprintable() or any(0xD800 <= ord(c) <= 0xDFFF for c in gateway_id):
+        raise _invalid_report("the report's gatewayId must be printable Unicode text")
     return document

@@ -27,13 +27,14 @@ from cryptography.hazmat.primitives import serialization
 
 from xboot.errors import BackendUnavailable, BadRequest
 from xboot.service.reports.verify import Verification
-from xboot.service.storage import ObjectStore, read_json
+from xboot.service.storage import ObjectStore, check_key, read_json
 
 Kind = Literal["system", "update"]
 _INVERT_MS = 10**13  # inverted epoch milliseconds stay 13 digits until the year 2286
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _ID = re.compile(r"[0-9a-f]{32}")
 _INDEX_ENTRY = re.compile(r"[0-9]{13}-[0-9a-f]{32}")
+MAX_PLAIN_SEGMENT = 200
 _PLAIN = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
 
 
@@ -50,8 +51,21 @@ def is_report_id(value: str) -> bool:
 
 
 def _gateway_segment(gateway_id: str) -> str:
-    """A storage-safe, injective spelling of any gateway id: bytes outside [A-Za-z0-9_-] become =XX."""
-    return "".join(chr(b) if b in _PLAIN else f"={b:02X}" for b in gateway_id.encode("utf-8"))
+    """A storage-safe, injective spelling of any gateway id, short enough for every store.
+
+    Bytes outside [A-Za-z0-9_-] become =XX; a spelling longer than MAX_PLAIN_SEGMENT (128 accented
+    characters make 768) becomes `sha256.` and the digest of the id instead. The two forms cannot meet:
+    only the second contains a '.'. A string that is not valid Unicode (a lone surrogate, which JSON's
+    \\ud800 escape can carry) is refused here, before anything is stored or looked up.
+    """
+    try:
+        data = gateway_id.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadRequest("gatewayId is not valid Unicode text", code="invalid_gateway_id") from None
+    plain = "".join(chr(b) if b in _PLAIN else f"={b:02X}" for b in data)
+    if len(plain) <= MAX_PLAIN_SEGMENT:
+        return plain
+    return "sha256." + hashlib.sha256(data).hexdigest()
 
 
 def record_key(kind: Kind, report: str) -> str:
@@ -83,7 +97,8 @@ def store_report(
     received_at: dt.datetime,
 ) -> StoredReport:
     identifier = report_id(verification)
-    key = record_key(kind, identifier)
+    key = check_key(record_key(kind, identifier))
+    check_key(_index_prefix(kind, document["gatewayId"]).rstrip("/"))  # every key is valid before the first write
     record = {
         "id": identifier,
         "kind": kind,

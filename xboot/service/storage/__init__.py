@@ -17,13 +17,25 @@ from xboot.errors import BackendUnavailable, ConfigurationError
 from xboot.service.settings import Settings
 
 _SEGMENT = re.compile(r"[A-Za-z0-9._:=-]+")
+# What both stores can hold: a File segment is one file name (255 bytes, and the File store spells ':'
+# as '%3A'); a Blob name is at most 1,024 characters. Keys are checked against both, whichever is in use,
+# so that a key one deployment accepts never fails on another.
+MAX_SEGMENT_BYTES = 255
+MAX_KEY_CHARS = 1024
 
 
 def check_key(key: str) -> str:
-    """Object keys are '/'-separated segments of safe characters; '.' and '..' never pass."""
+    """Object keys are '/'-separated segments of safe characters that fit every store; '.' and '..' never pass.
+
+    Callers derive every key of a write and check it before the first object is written, so a key the
+    store cannot hold is refused up front instead of leaving half of a multi-object write behind.
+    """
     segments = key.split("/")
-    if not all(_SEGMENT.fullmatch(s) and s not in (".", "..") for s in segments):
-        raise ValueError(f"unsafe storage key {key!r}")
+    if len(key) > MAX_KEY_CHARS or not all(
+        _SEGMENT.fullmatch(s) and s not in (".", "..") and len(s) + 2 * s.count(":") <= MAX_SEGMENT_BYTES
+        for s in segments
+    ):
+        raise ValueError(f"unsafe storage key {key[:80]!r}")
     return key
 
 
