@@ -88,3 +88,13 @@ def functions() -> Functions:
 @pytest.fixture
 def device_dir(tmp_path: Path) -> Iterator[Path]:
     yield tmp_path / "device"
+
+
+@pytest.fixture
+def trusted_root(app_env: dict[str, str], functions: Functions, guide_pki: Any) -> str:
+    """The report-signing guide's root trusted by fingerprint, through the trust API."""
+    fingerprint = guide_pki.fingerprint("ca_root")
+    path = "/api/mgmt/v1/tenant-config/soup.report.validation.trusted.cert.fingerprints"
+    reply = functions.call("POST", path, {"value": [fingerprint]})
+    assert reply.status == 200, reply.body
+    return fingerprint

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import serialization
 
 import xboot.service.storage.file
 from tests.conftest import Functions, Reply
-from tests.fixtures.report_pki import GATEWAY_ID, Pki, after_days, fingerprint_of, report_bytes
+from tests.fixtures.report_pki import GATEWAY_ID, after_days, fingerprint_of, report_bytes
 from tests.helpers import make_csr, openssl
 from xboot.errors import BackendUnavailable, Unprocessable
 from xboot.service.http import reports
@@ -53,14 +53,6 @@ def assert_refusal(reply: Reply, status: int, code: str | None = None) -> dict:
     if code is not None:
         assert body["error"] == code, body
     return body
-
-
-@pytest.fixture
-def trusted_root(app_env, functions: Functions, guide_pki: Pki) -> str:
-    fingerprint = guide_pki.fingerprint("ca_root")
-    reply = functions.call("POST", TRUST, {"value": [fingerprint]})
-    assert reply.status == 200, reply.body
-    return fingerprint
 
 
 def stored_files(app_env: dict[str, str], prefix: str) -> list[Path]:

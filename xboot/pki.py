@@ -21,6 +21,10 @@ from xboot.errors import ConfigurationError
 
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
 PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
+# What `Certificate.extensions` raises for an extension it cannot decode (it decodes them on first access):
+# a malformed value, a duplicate, an unsupported name type, or (TypeError) an iPAddress name constraint
+# without its mask. Whoever reads the extensions of a certificate it did not make catches all of these.
+UNDECODABLE_EXTENSION = (ValueError, TypeError, x509.DuplicateExtension, x509.UnsupportedGeneralNameType)
 
 _PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----(.*?)-----END \1-----", re.DOTALL)
 _BASE64_NOISE = re.compile(rb"\s+|\\n|\\r")

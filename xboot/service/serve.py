@@ -247,11 +247,16 @@ def json_error_channel() -> type:
     return JsonErrorChannel
 
 
-def run(app: FunctionsWsgiApp, host: str, port: int, threads: int) -> None:
+def create_server(app: FunctionsWsgiApp, host: str, port: int, threads: int) -> Any:
+    """The waitress server `run` serves, bound (port 0 picks a free one) but not yet serving."""
     import waitress
 
     server = waitress.create_server(
         app, host=host, port=port, threads=threads, max_request_body_size=MAX_WIRE_BODY, ident="xboot"
     )
     server.channel_class = json_error_channel()
-    server.run()
+    return server
+
+
+def run(app: FunctionsWsgiApp, host: str, port: int, threads: int) -> None:
+    create_server(app, host, port, threads).run()

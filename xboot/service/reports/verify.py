@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from xboot.errors import BadRequest, Unprocessable, XbootError
-from xboot.pki import common_name, sha256_fingerprint
+from xboot.pki import UNDECODABLE_EXTENSION, common_name, sha256_fingerprint
 from xboot.service.reports.smime import SignedMessage
 from xboot.service.reports.trust import TrustAnchors
 
@@ -74,8 +74,6 @@ _SIGNER_USAGES = (
     ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE,
 )
 _WEAK_HASHES = (hashes.SHA1, hashes.MD5)
-# What `Certificate.extensions` raises for extensions it cannot decode (it decodes them on access).
-_BAD_EXTENSIONS = (ValueError, x509.DuplicateExtension, x509.UnsupportedGeneralNameType)
 
 T = TypeVar("T")
 
@@ -262,7 +260,7 @@ def _extensions(certificate: x509.Certificate) -> x509.Extensions:
     """The extensions, refusing malformed ones and critical ones this validator would ignore."""
     try:
         extensions = certificate.extensions
-    except _BAD_EXTENSIONS:
+    except UNDECODABLE_EXTENSION:
         raise _refused("certificate_invalid", f"certificate {_name(certificate)} has malformed extensions") from None
     for extension in extensions:
         if extension.critical and not isinstance(extension.value, _UNDERSTOOD):
@@ -440,7 +438,7 @@ def _signer_certificate(parsed: ParsedCms, certificates: list[x509.Certificate])
             return certificate.serial_number == parsed.serial and certificate.issuer.public_bytes() == parsed.issuer
         try:
             key_id = certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
-        except (x509.ExtensionNotFound, *_BAD_EXTENSIONS):
+        except (x509.ExtensionNotFound, *UNDECODABLE_EXTENSION):
             return False
         return key_id.digest == parsed.key_identifier
 
