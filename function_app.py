@@ -2,16 +2,28 @@
 
 import azure.functions as func
 
+from xboot.service.enrollment.authorization import function_key_accepted
 from xboot.service.http import enrollment, est, lifecycle, reports, trust
 from xboot.service.http.edge import respond
 from xboot.service.settings import Settings
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 
+# The enrollment routes keep the host's function-key check only while EnrollmentAuthorization accepts
+# FunctionKey; otherwise they are anonymous at the host and xboot authorizes every request itself (DPS
+# device keys, tokens, certificates: credentials the host cannot see). Read once at start, as the host
+# does: a change of app settings restarts the app.
+FUNCTION_KEY_ENROLLS = function_key_accepted(Settings.from_environ())
+ENROLLMENT_AUTH = func.AuthLevel.FUNCTION if FUNCTION_KEY_ENROLLS else func.AuthLevel.ANONYMOUS
 
-@app.route(route="certificate", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
+
+@app.route(route="certificate", methods=["POST"], auth_level=ENROLLMENT_AUTH)
 def certificate(req: func.HttpRequest) -> func.HttpResponse:
-    return respond(lambda: enrollment.enroll_certificate(req.get_body(), Settings.from_environ()))
+    return respond(
+        lambda: enrollment.enroll_certificate(
+            req.get_body(), req.headers.get("Authorization"), FUNCTION_KEY_ENROLLS, Settings.from_environ()
+        )
+    )
 
 
 # EST (RFC 7030) under the route prefix: /api/.well-known/est/... (see README for serving /.well-known/est).
@@ -20,15 +32,30 @@ def est_cacerts(req: func.HttpRequest) -> func.HttpResponse:
     return respond(lambda: est.cacerts(Settings.from_environ()))
 
 
-@app.route(route=".well-known/est/simpleenroll", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
+@app.route(route=".well-known/est/simpleenroll", methods=["POST"], auth_level=ENROLLMENT_AUTH)
 def est_simpleenroll(req: func.HttpRequest) -> func.HttpResponse:
-    return respond(lambda: est.simpleenroll(req.get_body(), Settings.from_environ()))
+    return respond(
+        lambda: est.simpleenroll(
+            req.get_body(),
+            req.headers.get("Authorization"),
+            req.headers.get(est.CLIENT_CERT_HEADER),
+            FUNCTION_KEY_ENROLLS,
+            Settings.from_environ(),
+        )
+    )
 
 
-@app.route(route=".well-known/est/simplereenroll", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
+# Re-enrollment is proved by the TLS client certificate alone (RFC 7030 section 3.3.2): anonymous at the host.
+@app.route(route=".well-known/est/simplereenroll", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
 def est_simplereenroll(req: func.HttpRequest) -> func.HttpResponse:
     return respond(
-        lambda: est.simplereenroll(req.get_body(), req.headers.get(est.CLIENT_CERT_HEADER), Settings.from_environ())
+        lambda: est.simplereenroll(
+            req.get_body(),
+            req.headers.get("Authorization"),
+            req.headers.get(est.CLIENT_CERT_HEADER),
+            False,
+            Settings.from_environ(),
+        )
     )
 
 

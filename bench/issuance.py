@@ -277,7 +277,7 @@ def audit_stats(signer: Signer, csr: DeviceCsr, disk: Path, shm: Path | None, it
     )
     issued = IssuedCertificate(csr.registration_id, certificate, signer)
     null_store = NullStore()
-    record_issuance(null_store, issued, now)  # type: ignore[arg-type]
+    record_issuance(null_store, issued, now, "FunctionKey")  # type: ignore[arg-type]
     data = null_store.last  # the bytes a real record has
     stores = {"audit_write_disk": FileStore(disk / "audit-alone")}
     if shm is not None:
@@ -289,7 +289,7 @@ def audit_stats(signer: Signer, csr: DeviceCsr, disk: Path, shm: Path | None, it
         return lambda: store.create(audit_key(csr.registration_id, f"{next(serials):032X}"), data)
 
     operations: dict[str, Callable[..., object]] = {name: writer(store) for name, store in stores.items()}
-    operations["audit_record_build"] = lambda: record_issuance(null_store, issued, now)  # type: ignore[arg-type]
+    operations["audit_record_build"] = lambda: record_issuance(null_store, issued, now, "FunctionKey")  # type: ignore[arg-type]
     return interleaved(operations, iterations, 10)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -141,8 +142,15 @@ def test_enroll_does_not_overwrite_an_identity(cli: Cli, tmp_path: Path) -> None
     first = cli.enroll(device, "dev-twice")
     refused = cli.json("enroll", *cli.device, "--registration-id", "dev-twice", "--out", str(device), expect=EXIT_LOCAL)
     assert "already holds a device identity" in refused["message"]
-    second = cli.enroll(device, "dev-twice", "--force")
-    assert second["serialNumber"] != first["serialNumber"]
+    # --force makes a new key: the identity lock refuses a second device for an ID that holds a valid
+    # certificate, and nothing is written. Renewal (signed with the current certificate) is the way.
+    before = (device / "device.crt").read_bytes()
+    locked = cli.json("enroll", *cli.device, "--registration-id", "dev-twice", "--out", str(device), "--force",
+                      expect=EXIT_REFUSED)  # fmt: skip
+    assert locked["status"] == 409 and locked["error"] == "identity_exists" and "renew" in locked["message"]
+    assert (device / "device.crt").read_bytes() == before and not (device / "device.crt.bak").exists()
+    renewed = cli.json("renew", *cli.device, "--out", str(device), "--force")
+    assert renewed["serialNumber"] != first["serialNumber"]
     backup = x509.load_pem_x509_certificate((device / "device.crt.bak").read_bytes())
     assert format(backup.serial_number, "X") == first["serialNumber"]
 
@@ -163,7 +171,9 @@ def test_enroll_pinned_to_another_root_writes_nothing(cli: Cli, tmp_path: Path) 
     )
     assert "does not chain to the expected root" in failed["message"]
     assert not device.exists()
-    cli.enroll(device, "dev-pinned", "--root-ca", str(cli.server.ca.root_certificate))
+    # The refused certificate was issued (and holds the ID, with a key this device no longer has):
+    # pinned to the right root, a device under another ID enrolls and verifies.
+    cli.enroll(device, "dev-pinned-2", "--root-ca", str(cli.server.ca.root_certificate))
     openssl_verify(cli.server, device)
 
 
@@ -260,13 +270,14 @@ def test_renew_refuses_a_chain_to_another_root(cli: Cli, tmp_path: Path) -> None
 
 @pytest.fixture
 def enrolled(cli: Cli, tmp_path: Path) -> Path:
-    device = tmp_path / "gw-report"
-    cli.enroll(device, "gw-report")
+    """A device of its own per test (the identity lock keeps one registration ID to one device)."""
+    device = tmp_path / f"gw-report-{secrets.token_hex(4)}"
+    cli.enroll(device, device.name)
     return device
 
 
 def test_signed_report_verifies_with_openssl_and_is_accepted(cli: Cli, enrolled: Path, tmp_path: Path) -> None:
-    report = write_report(tmp_path / "systemreport.json", "gw-report")
+    report = write_report(tmp_path / "systemreport.json", enrolled.name)
     signed = cli.json(
         "sign-report",
         str(report),
@@ -279,7 +290,7 @@ def test_signed_report_verifies_with_openssl_and_is_accepted(cli: Cli, enrolled:
         "--out",
         str(tmp_path / "systemreport.msg.signed"),
     )
-    assert signed["signer"] == "CN=gw-report" and signed["chainCertificates"] == 2
+    assert signed["signer"] == f"CN={enrolled.name}" and signed["chainCertificates"] == 2
     path = Path(signed["signed"])
     content = openssl(
         "cms", "-verify", "-in", str(path), "-CAfile", str(cli.server.ca.root_certificate), "-purpose", "any", "-text"
@@ -293,7 +304,7 @@ def test_signed_report_verifies_with_openssl_and_is_accepted(cli: Cli, enrolled:
 
 
 def test_a_report_signed_by_openssl_uploads_too(cli: Cli, enrolled: Path, tmp_path: Path) -> None:
-    report = write_report(tmp_path / "updatereport.json", "gw-report")
+    report = write_report(tmp_path / "updatereport.json", enrolled.name)
     signed = tmp_path / "update.signed"
     openssl(
         "cms", "-sign", "-in", str(report), "-out", str(signed), "-signer", str(enrolled / "device.crt"),
@@ -305,7 +316,7 @@ def test_a_report_signed_by_openssl_uploads_too(cli: Cli, enrolled: Path, tmp_pa
 
 
 def test_a_tampered_report_is_refused(cli: Cli, enrolled: Path, tmp_path: Path) -> None:
-    report = write_report(tmp_path / "r.json", "gw-report")
+    report = write_report(tmp_path / "r.json", enrolled.name)
     cli.json("sign-report", str(report), "--device", str(enrolled))
     signed = tmp_path / "r.json.signed"
     signed.write_bytes(signed.read_bytes().replace(b'"m1.1"', b'"m6.6"'))
@@ -319,7 +330,7 @@ def test_sign_report_refuses_what_it_cannot_sign(cli: Cli, enrolled: Path, tmp_p
     assert cli.json("sign-report", str(not_json), "--device", str(enrolled), expect=EXIT_LOCAL)["message"].endswith(
         "only accepts JSON reports"
     )
-    report = write_report(tmp_path / "r.json", "gw-report")
+    report = write_report(tmp_path / "r.json", enrolled.name)
     other = create_development_ca(tmp_path / "other-ca")
     wrong_key = cli.json(
         "sign-report", str(report), "--cert", str(enrolled / "device.crt"), "--key", str(other.key), expect=EXIT_LOCAL

@@ -219,7 +219,9 @@ def test_auth_levels_cacerts_and_csrattrs_public_enrollment_keyed(app_env, funct
     assert keyed.dispatch("GET", f"http://h{EST}/cacerts", {}, b"").status_code == 200
     assert keyed.dispatch("GET", f"http://h{EST}/csrattrs", {}, b"").status_code == 200
     assert keyed.dispatch("POST", f"http://h{EST}/simpleenroll", {}, csr).status_code == 401
-    assert keyed.dispatch("POST", f"http://h{EST}/simplereenroll", {}, csr).status_code == 401
+    # Re-enrollment is proved by the TLS client certificate alone: anonymous at the host, refused by xboot.
+    reenroll_reply = keyed.dispatch("POST", f"http://h{EST}/simplereenroll", {}, csr)
+    assert reenroll_reply.status_code == 403 and b"EstTrustForwardedClientCert" in reenroll_reply.get_body()
     assert keyed.dispatch("POST", f"http://h{EST}/simpleenroll?code=k-1", {}, csr).status_code == 200
     assert keyed.dispatch("GET", f"http://h{EST}/simpleenroll", {}, b"").status_code == 405
 
@@ -304,15 +306,15 @@ def test_reenroll_with_a_ca_signed_certificate_this_service_never_issued_is_refu
 ):
     unrecorded = _signed_by(session_ca.certificate, session_ca.key, "dev-offline", (-1, 30))
     body = b64(make_csr(tmp_path, "dev-offline").der)
-    assert "issuance records" in refusal(reenroll(functions, body, unrecorded), 403)
+    assert "issuance records" in refusal(reenroll(functions, body, unrecorded), 401)
 
 
 def test_reenroll_with_an_expired_or_future_certificate_is_refused(app_env, trusted, functions, tmp_path, session_ca):
     body = b64(make_csr(tmp_path, "dev-old").der)
     expired = _signed_by(session_ca.certificate, session_ca.key, "dev-old", (-30, -1))
-    assert "expired" in refusal(reenroll(functions, body, expired), 403)
+    assert "expired" in refusal(reenroll(functions, body, expired), 401)
     future = _signed_by(session_ca.certificate, session_ca.key, "dev-old", (1, 30))
-    assert "not yet valid" in refusal(reenroll(functions, body, future), 403)
+    assert "not yet valid" in refusal(reenroll(functions, body, future), 401)
 
 
 def test_reenroll_for_another_subject_is_refused(app_env, trusted, functions, tmp_path):
@@ -329,23 +331,18 @@ def test_reenroll_with_a_tampered_audit_record_is_refused(app_env, trusted, func
     data["sha256Fingerprint"] = "00" * 32
     record.write_text(json.dumps(data))
     body = b64(make_csr(tmp_path / "n", "dev-audit").der)
-    assert "issuance records" in refusal(reenroll(functions, body, current), 403)
+    assert "issuance records" in refusal(reenroll(functions, body, current), 401)
     record.write_text("{not json")
-    assert "issuance records" in refusal(reenroll(functions, body, current), 403)
+    assert "issuance records" in refusal(reenroll(functions, body, current), 401)
 
 
-def test_reenroll_consults_the_revocation_check(app_env, trusted, functions, tmp_path, monkeypatch):
+def test_reenroll_consults_the_revocation_check(app_env, trusted, functions, tmp_path):
     current = _enrolled(functions, tmp_path, "dev-revoked")
-    seen = []
-
-    def revoked(certificate, registration_id, settings):
-        seen.append((certificate.serial_number, registration_id))
-        return True
-
-    monkeypatch.setattr(xboot.service.http.est, "certificate_revoked", revoked)
+    serial = format(current.serial_number, "X")
+    revoked = functions.call("POST", "/api/mgmt/v1/revocations", {"serialNumber": serial, "reason": "keyCompromise"})
+    assert revoked.status == 201, revoked.body
     body = b64(make_csr(tmp_path / "n", "dev-revoked").der)
-    assert "revoked" in refusal(reenroll(functions, body, current), 403)
-    assert seen == [(current.serial_number, "dev-revoked")]
+    assert "revoked (keyCompromise)" in refusal(reenroll(functions, body, current), 401)
 
 
 def test_reenroll_follows_the_registration_policy(app_env, trusted, functions, tmp_path, monkeypatch):

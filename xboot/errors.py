@@ -10,6 +10,7 @@ from __future__ import annotations
 class XbootError(Exception):
     status = 500
     code = "internal_error"
+    retry_after: int | None = None  # seconds, sent as Retry-After when set
 
     def __init__(self, message: str, *, code: str | None = None) -> None:
         super().__init__(message)
@@ -21,6 +22,18 @@ class XbootError(Exception):
 class BadRequest(XbootError):
     status = 400
     code = "bad_request"
+
+
+class Unauthorized(XbootError):
+    """No credential, or one that is malformed, badly signed or expired (`authorization_required`,
+    `invalid_credential`); `challenges` become WWW-Authenticate headers where the protocol wants them (EST)."""
+
+    status = 401
+    code = "authorization_required"
+
+    def __init__(self, message: str, *, code: str | None = None, challenges: tuple[str, ...] = ()) -> None:
+        super().__init__(message, code=code)
+        self.challenges = challenges
 
 
 class Forbidden(XbootError):
@@ -46,6 +59,15 @@ class PayloadTooLarge(XbootError):
 class Unprocessable(XbootError):
     status = 422
     code = "verification_failed"
+
+
+class TooManyRequests(XbootError):
+    status = 429
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class ConfigurationError(XbootError):

@@ -44,6 +44,11 @@ def normalize_pem(data: bytes) -> bytes:
     return b"\n".join(blocks) + b"\n"
 
 
+def pem_blocks(data: bytes) -> list[tuple[str, bytes]]:
+    """(label, whole block) for each PEM block, after `normalize_pem` (one-line and escaped forms)."""
+    return [(m.group(1).decode(), m.group(0) + b"\n") for m in _PEM_BLOCK.finditer(normalize_pem(data))]
+
+
 def is_pem(data: bytes) -> bool:
     return b"-----BEGIN " in data
 

@@ -12,6 +12,7 @@ from typing import Any
 from xboot.cli.common import EXIT_OK, Output, UsageError, anchors, client_command, make_client, utc
 from xboot.device import (
     ClientError,
+    Credentials,
     DeviceFiles,
     DeviceResult,
     enroll_device,
@@ -21,6 +22,7 @@ from xboot.device import (
     write_atomically,
 )
 from xboot.device.smime import sign_report
+from xboot.dps import derive_device_key
 from xboot.pki import KEY_TYPES, sha256_fingerprint
 
 
@@ -54,6 +56,35 @@ def _describe_identity(result: DeviceResult) -> tuple[dict[str, Any], str]:
     return document, text
 
 
+def _credentials(args: argparse.Namespace) -> Credentials | None:
+    """--device-key, --token or --attest-cert/--attest-key (--attest-chain): at most one (argparse checks)."""
+    device_key = args.device_key or os.environ.get("XBOOT_DEVICE_KEY")
+    if device_key:
+        return Credentials.device_key(device_key, args.registration_id)
+    if args.token:
+        return Credentials.token(args.token)
+    if args.attest_cert or args.attest_key:
+        if not (args.attest_cert and args.attest_key):
+            raise UsageError("--attest-cert and --attest-key go together")
+        chain = load_certificate_file(Path(args.attest_chain)) if args.attest_chain else []
+        signer = load_certificate_file(Path(args.attest_cert))[:1]
+        return Credentials.certificate([*signer, *chain], load_key_file(Path(args.attest_key)))
+    return None
+
+
+def cmd_device_key(args: argparse.Namespace, out: Output) -> int:
+    """A factory's step: the device key of one registration ID, from the group key (as Azure DPS derives it)."""
+    group_key = args.group_key or os.environ.get("XBOOT_GROUP_KEY")
+    if not group_key:
+        raise UsageError("--group-key (or XBOOT_GROUP_KEY) is required")
+    try:
+        key = derive_device_key(group_key, args.registration_id)
+    except ValueError as error:
+        raise UsageError(f"--group-key: {error}") from None
+    out.result({"registrationId": args.registration_id, "deviceKey": key}, key)
+    return EXIT_OK
+
+
 def cmd_enroll(args: argparse.Namespace, out: Output) -> int:
     files = DeviceFiles(Path(args.out))
     replacing_pfx = args.force and files.pfx.exists()
@@ -66,6 +97,7 @@ def cmd_enroll(args: argparse.Namespace, out: Output) -> int:
         anchors=anchors(args.root_ca) or (),
         pfx_password=password,
         force=args.force,
+        credentials=_credentials(args),
         on_step=out.step,
     )
     document, text = _describe_identity(result)
@@ -178,7 +210,20 @@ def add_commands(
     enroll.add_argument("--key-type", choices=KEY_TYPES, default="ec-p256", help="device key (default ec-p256)")
     enroll.add_argument("--pfx", action="store_true", help="also write device.pfx (PKCS#12) for Azure IoT SDKs")
     enroll.add_argument("--force", action="store_true", help="replace an identity already in --out (kept as .bak)")
+    proof = enroll.add_mutually_exclusive_group()
+    proof.add_argument("--device-key", help="DPS-derived device key: sends a SAS token (env XBOOT_DEVICE_KEY)")
+    proof.add_argument("--token", help="a one-time enrollment token (JWT) from the operator")
+    proof.add_argument("--attest-cert", help="a certificate the device holds (birth certificate) to sign the request")
+    enroll.add_argument("--attest-key", help="the key of --attest-cert")
+    enroll.add_argument("--attest-chain", help="intermediate CA certificates above --attest-cert (PEM)")
     enroll.set_defaults(handler=client_command(cmd_enroll))
+
+    device_key = commands.add_parser(
+        "device-key", parents=[as_json], help="derive a device's key from an enrollment group key (factory)"
+    )
+    device_key.add_argument("--group-key", help="the enrollment group key, base64 (env XBOOT_GROUP_KEY)")
+    device_key.add_argument("--registration-id", required=True, help="the device's registration ID")
+    device_key.set_defaults(handler=client_command(cmd_device_key))
 
     renew = commands.add_parser("renew", parents=common, help="re-enroll an enrolled device before it expires")
     renew.add_argument("--within-days", type=int, default=30, help="renew when expiring within N days (default 30)")

@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import itertools
 import json
 import os
+import re
 import secrets
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cryptography import x509
+
 from xboot.cli.common import EXIT_OK, EXIT_SIMULATION_FAILURES, Output, UsageError, client_command, make_client
+from xboot.device import load_key_file
 from xboot.device.simulate import run_simulation
 from xboot.pki import KEY_TYPES
 
@@ -64,6 +70,24 @@ def _key(option: str | None, variable: str) -> str | None:
     return option if option is not None else os.environ.get(variable)
 
 
+def _announce_enrollment_authorization() -> None:
+    """Which methods may enroll; loudly when the function key alone can (XBoot's behaviour)."""
+    from xboot.errors import ConfigurationError
+    from xboot.service.enrollment.authorization import accepted_methods
+    from xboot.service.enrollment.authorization.function_key import WARNING
+    from xboot.service.settings import Settings
+
+    try:
+        methods = accepted_methods(Settings.from_environ())
+    except ConfigurationError as error:
+        print(f"error: {error.message}", file=sys.stderr)
+        raise SystemExit(2) from None
+    print(f"enrollment authorization: {', '.join(m.name for m in methods)}", file=sys.stderr)
+    if any(m.name == "FunctionKey" for m in methods):
+        banner = "!" * 78
+        print(f"{banner}\n WARNING: {WARNING}\n{banner}", file=sys.stderr)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     try:
         from xboot.service.serve import FunctionsWsgiApp, Keys, load_routes, run
@@ -79,6 +103,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if not os.environ.get("Location"):
         use_development_ca()
     table = load_routes(directory)
+    _announce_enrollment_authorization()
     try:
         keys = Keys(
             function=_key(args.function_key, "XBOOT_FUNCTION_KEY"), admin=_key(args.admin_key, "XBOOT_ADMIN_KEY")
@@ -161,9 +186,71 @@ def cmd_simulate(args: argparse.Namespace, out: Output) -> int:
     return EXIT_OK if summary.failed == 0 else EXIT_SIMULATION_FAILURES
 
 
+_DURATION = re.compile(r"([0-9]{1,6})([smhd]?)")
+_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+MAX_TOKEN_SECONDS = 24 * 3600
+
+
+def _duration(text: str) -> int:
+    match = _DURATION.fullmatch(text.strip())
+    if match is None:
+        raise UsageError(f"--ttl {text!r}: use seconds or a number with s, m, h or d (for example 1h)")
+    seconds = int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    if not 60 <= seconds <= MAX_TOKEN_SECONDS:
+        raise UsageError("--ttl must be between 1 minute and 24 hours (the service refuses longer tokens)")
+    return seconds
+
+
+def cmd_token_create(args: argparse.Namespace, out: Output) -> int:
+    """Mint a one-time enrollment token offline with the operator's key (EnrollmentTokenKeys holds its public key)."""
+    try:
+        import jwt
+    except ImportError:
+        raise UsageError("xboot token needs PyJWT: pip install 'xboot[service]'") from None
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = load_key_file(Path(args.key))
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        algorithm = {"secp256r1": "ES256", "secp384r1": "ES384"}.get(key.curve.name)
+        if algorithm is None:
+            raise UsageError("--key: EC keys must be P-256 or P-384")
+    else:
+        algorithm = "RS256"
+    now = int(time.time())
+    claims: dict[str, Any] = {
+        "sub": args.registration_id,
+        "aud": args.audience,
+        "iat": now,
+        "exp": now + _duration(args.ttl),
+        "jti": secrets.token_urlsafe(16),
+    }
+    if args.csr:
+        csr = x509.load_pem_x509_csr(Path(args.csr).read_bytes())
+        spki = csr.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        claims["sha"] = hashlib.sha256(spki).hexdigest()
+    headers = {"kid": args.kid} if args.kid else None
+    token = jwt.encode(claims, key, algorithm=algorithm, headers=headers)
+    out.result({"token": token, "claims": claims}, token)
+    return EXIT_OK
+
+
 def add_commands(
     commands: Any, network: argparse.ArgumentParser, code: argparse.ArgumentParser, as_json: argparse.ArgumentParser
 ) -> None:
+    token = commands.add_parser("token", help="one-time enrollment tokens (EnrollmentAuthorization Token)")
+    token_actions = token.add_subparsers(dest="action", required=True)
+    create = token_actions.add_parser("create", parents=[as_json], help="mint a token for one registration ID")
+    create.add_argument("--key", required=True, help="the operator's private key (EC P-256/P-384 or RSA), PEM")
+    create.add_argument("--registration-id", required=True, help="the device the token enrolls (sub)")
+    create.add_argument("--ttl", default="1h", help="lifetime: seconds or 30m, 1h, 1d (default 1h, at most 24h)")
+    create.add_argument("--audience", default="xboot", help="aud: the service's EnrollmentTokenAudience")
+    create.add_argument("--kid", help="key id, when EnrollmentTokenKeys is a JWKS with several keys")
+    create.add_argument("--csr", help="bind the token to this CSR's key (PEM): the sha claim")
+    create.set_defaults(handler=client_command(cmd_token_create))
+
     serve = commands.add_parser("serve", help="serve function_app.py's routes locally (like func start)")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")

@@ -11,6 +11,7 @@ the SDK's public API.
 """
 
 from xboot.device.client import REPORT_KINDS, REVOCATION_SELECTORS, XbootClient, normalize_fingerprint
+from xboot.device.credentials import Credentials
 from xboot.device.enrollment import Enrollment, build_csr, renewal_due, verify_enrollment
 from xboot.device.errors import ClientError, ServerRefused, ServerUnavailable, VerificationFailed
 from xboot.device.files import DeviceFiles, DeviceIdentity, load_certificate_file, load_key_file, write_atomically
@@ -23,6 +24,7 @@ __all__ = [
     "REPORT_KINDS",
     "REVOCATION_SELECTORS",
     "ClientError",
+    "Credentials",
     "DeviceFiles",
     "DeviceIdentity",
     "DeviceResult",

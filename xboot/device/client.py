@@ -15,6 +15,7 @@ from urllib.parse import quote
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from xboot.device.credentials import Credentials
 from xboot.device.enrollment import Enrollment, build_csr, parse_enrollment, verify_enrollment
 from xboot.device.errors import ClientError, ServerUnavailable, VerificationFailed
 from xboot.device.transport import Transport, multipart
@@ -31,16 +32,26 @@ class XbootClient(Transport):
 
     # -- enrollment --
 
-    def enroll(self, registration_id: str, key: PrivateKey, anchors: Sequence[x509.Certificate] = ()) -> Enrollment:
+    def enroll(
+        self,
+        registration_id: str,
+        key: PrivateKey,
+        anchors: Sequence[x509.Certificate] = (),
+        credentials: Credentials | None = None,
+    ) -> Enrollment:
         """POST /api/certificate with a CSR for `key`; the answer is verified before it is returned."""
         csr = build_csr(key, registration_id)
-        body = json.dumps(
-            {
-                "RegistrationId": registration_id,
-                "Csr": base64.b64encode(csr.public_bytes(serialization.Encoding.DER)).decode("ascii"),
-            }
-        ).encode()
-        response = self.request("POST", "/api/certificate", body, "application/json")
+        der = csr.public_bytes(serialization.Encoding.DER)
+        document: dict[str, Any] = {"RegistrationId": registration_id, "Csr": base64.b64encode(der).decode("ascii")}
+        headers = {}
+        if credentials is not None:
+            attestation = credentials.attestation(der)
+            if attestation is not None:
+                document["Attestation"] = attestation
+            if credentials.authorization is not None:
+                headers["Authorization"] = credentials.authorization
+        body = json.dumps(document).encode()
+        response = self.request("POST", "/api/certificate", body, "application/json", headers=headers)
         enrollment = parse_enrollment(response.json(), registration_id)
         verify_enrollment(key, enrollment, anchors=anchors)
         return enrollment

@@ -10,6 +10,7 @@ from pathlib import Path
 from cryptography import x509
 
 from xboot.device.client import XbootClient
+from xboot.device.credentials import Credentials
 from xboot.device.enrollment import Enrollment, key_type_of, renewal_due
 from xboot.device.errors import ClientError
 from xboot.device.files import DeviceFiles, DeviceIdentity
@@ -41,9 +42,14 @@ def enroll_device(
     anchors: Sequence[x509.Certificate] = (),
     pfx_password: str | None = None,
     force: bool = False,
+    credentials: Credentials | None = None,
     on_step: Callable[[str], None] = _no_steps,
 ) -> DeviceResult:
-    """First enrollment: a new key made here, a verified certificate, files written only after verification."""
+    """First enrollment: a new key made here, a verified certificate, files written only after verification.
+
+    `credentials` is what the service's EnrollmentAuthorization asks for (device key, token, birth
+    certificate); without any, only a service that accepts the function key alone will enroll.
+    """
     if files.exists() and not force:
         raise ClientError(f"{files.directory} already holds a device identity: use renew (or force to replace it)")
     if key_type not in KEY_TYPES:
@@ -52,7 +58,7 @@ def enroll_device(
     on_step(f"generating the device key ({key_type})")
     key = generate_key(key_type)
     on_step(f"requesting a certificate for {registration_id} from {client.base_url}")
-    enrollment = client.enroll(registration_id, key, anchors)
+    enrollment = client.enroll(registration_id, key, anchors, credentials)
     on_step(f"certificate {enrollment.serial_number} verified; writing {files.directory}")
     written = files.save(DeviceIdentity(key, enrollment.certificate, enrollment.chain), pfx_password)
     return DeviceResult(files.directory, registration_id, enrollment, tuple(written))
@@ -72,6 +78,8 @@ def renew_device(
 ) -> DeviceResult:
     """Re-enroll with the same registration ID once the certificate is within `within` of expiry.
 
+    The current certificate and key always sign the request (the service's proof of a renewal, which it
+    accepts whatever its EnrollmentAuthorization), also with `rekey`, where the new key is in the CSR.
     The current key is reused unless `rekey`. Without `anchors`, the new chain must lead to the
     top certificate of the current chain.pem: a renewal cannot silently move the device to
     another root. Nothing is written until the new certificate has been verified.
@@ -90,7 +98,8 @@ def renew_device(
         on_step(f"generating a new device key ({new_type})")
         key = generate_key(new_type)
     on_step(f"renewing {registration_id} (expires {previous:%Y-%m-%d %H:%M} UTC) at {client.base_url}")
-    enrollment = client.enroll(registration_id, key, anchors)
+    proof = Credentials.certificate([current.certificate], current.key)
+    enrollment = client.enroll(registration_id, key, anchors, proof)
     on_step(f"certificate {enrollment.serial_number} verified; replacing files in {files.directory} (old kept as .bak)")
     written = files.save(DeviceIdentity(key, enrollment.certificate, enrollment.chain), pfx_password)
     return DeviceResult(files.directory, registration_id, enrollment, tuple(written), previous, rekey)

@@ -182,10 +182,11 @@ class Transport:
         body: bytes | None = None,
         content_type: str | None = None,
         admin: bool = False,
+        headers: dict[str, str] | None = None,
     ) -> Response:
         """One call, retried when the service says "later" or the network failed; 2xx or an exception."""
         what = f"{method} {path}"
-        headers = {"Accept": "application/json", "User-Agent": "xboot-client"}
+        headers = {"Accept": "application/json", "User-Agent": "xboot-client", **(headers or {})}
         if content_type:
             headers["Content-Type"] = content_type
         key = self.admin_key if admin else self.function_key

@@ -30,7 +30,14 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from xboot.errors import BackendUnavailable
 from xboot.service.ca.signer import Signer, load_signer
 from xboot.service.lifecycle.audit import audit_prefix
-from xboot.service.lifecycle.revocation import REASONS, SERIAL, RevocationList, cache_seconds, load_revocations
+from xboot.service.lifecycle.revocation import (
+    REASONS,
+    SERIAL,
+    RevocationList,
+    cache_seconds,
+    in_effect,
+    load_revocations,
+)
 from xboot.service.settings import Settings
 from xboot.service.storage import ObjectStore, open_data_store
 
@@ -153,8 +160,10 @@ def _latest_for(store: ObjectStore) -> _Latest:
         return _latest.setdefault(store, _Latest())
 
 
-def _source(revocations: RevocationList, signer: Signer, hours: int) -> str:
-    return f"{revocations.digest}:{signer.fingerprint}:{hours}h"
+def _source(revocations: RevocationList, signer: Signer, hours: int, now: dt.datetime) -> str:
+    """What a CRL answers for; it changes when an entry is added or removed, or a pending one takes effect."""
+    pending = sum(1 for e in revocations.entries if e.revoked_at > now)
+    return f"{revocations.digest}:{pending}:{signer.fingerprint}:{hours}h"
 
 
 def published_crl(settings: Settings, now: dt.datetime | None = None) -> PublishedCrl:
@@ -167,13 +176,13 @@ def published_crl(settings: Settings, now: dt.datetime | None = None) -> Publish
     hours = validity_hours(settings)
     latest = _latest_for(store)
     crl = latest.get(store, ttl, fresh=False)
-    if crl is not None and crl.current(_source(load_revocations(settings), signer, hours), now):
+    if crl is not None and crl.current(_source(load_revocations(settings), signer, hours, now), now):
         return crl
     with latest.lock:
         # Something looks out of date: read the list and the newest CRL afresh before building one, so
         # that an instance with an old list never publishes it over a newer one.
         revocations = load_revocations(settings, fresh=True)
-        source = _source(revocations, signer, hours)
+        source = _source(revocations, signer, hours, now)
         crl = latest.get(store, ttl, fresh=True)
         if crl is not None and crl.current(source, now):
             return crl
@@ -212,10 +221,13 @@ def build_crl(
     number: int,
     this_update: dt.datetime,
     next_update: dt.datetime,
+    now: dt.datetime,
 ) -> x509.CertificateRevocationList:
-    """One CRL entry per serial, dated and reasoned by the oldest revocation naming it."""
+    """One CRL entry per serial in effect at `now`, dated and reasoned by the oldest revocation naming it."""
     revoked: dict[str, tuple[dt.datetime, x509.ReasonFlags]] = {}
     for entry in revocations.entries:
+        if in_effect(entry, now) is None:
+            continue  # a renewal's predecessor still in its grace: listed once the grace has passed
         extra = registrations[entry.id].serial_numbers if entry.id in registrations else ()
         for serial in (*entry.serial_numbers, *extra):
             revoked.setdefault(serial, (entry.revoked_at, REASONS[entry.reason]))
@@ -254,7 +266,7 @@ def _publish(
         if entry.id in registrations and not registrations[entry.id].settled:
             refresh_at = min(refresh_at, entry.revoked_at + settle)
     for _ in range(_CLAIM_ATTEMPTS):
-        crl = build_crl(signer, revocations, registrations, number, now - BACKDATE, next_update)
+        crl = build_crl(signer, revocations, registrations, number, now - BACKDATE, next_update, now)
         published = PublishedCrl(
             number=number,
             der=crl.public_bytes(Encoding.DER),

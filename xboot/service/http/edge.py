@@ -16,7 +16,7 @@ from typing import Any
 
 import azure.functions as func
 
-from xboot.errors import BackendUnavailable, BadRequest, PayloadTooLarge, XbootError
+from xboot.errors import BadRequest, PayloadTooLarge, Unauthorized, XbootError
 from xboot.service.untrusted import parse_json, whole_number
 
 log = logging.getLogger(__name__)
@@ -96,8 +96,10 @@ def respond(handler: Callable[[], ApiResponse]) -> func.HttpResponse:
         response = handler()
     except XbootError as error:
         headers = {"Cache-Control": "no-store"}
-        if isinstance(error, BackendUnavailable):
+        if error.retry_after is not None:
             headers["Retry-After"] = str(error.retry_after)
+        if isinstance(error, Unauthorized) and error.challenges:
+            headers["WWW-Authenticate"] = ", ".join(error.challenges)
         if error.status >= 500:
             log.error("%s: %s", error.code, error.message)
         response = ApiResponse(error.status, error_body(error), headers)

@@ -16,28 +16,24 @@ from __future__ import annotations
 
 import base64
 import binascii
-import datetime as dt
 import functools
-import json
 import re
 from collections.abc import Callable
 from typing import ClassVar, ParamSpec
 
 from asn1crypto import core
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.serialization import Encoding, pkcs7
 
-from xboot.errors import BadRequest, Forbidden, XbootError
-from xboot.pki import common_name, sha256_fingerprint
+from xboot.errors import BadRequest, Forbidden, Unauthorized, XbootError
+from xboot.pki import common_name
 from xboot.service.ca.signer import load_signer
-from xboot.service.enrollment.enroll import enroll_csr
+from xboot.service.enrollment.authorization import Attestation, EnrollmentRequest
+from xboot.service.enrollment.authorization.certificate import issued_by_this_ca
+from xboot.service.enrollment.enroll import enroll
 from xboot.service.enrollment.registration import validate_registration_id
 from xboot.service.http.edge import ApiResponse, check_size
-from xboot.service.lifecycle.audit import audit_key
-from xboot.service.lifecycle.revocation import revoked
 from xboot.service.settings import Settings
-from xboot.service.storage import open_data_store
 
 PKCS7_MIME = "application/pkcs7-mime"
 CERTS_ONLY = "application/pkcs7-mime; smime-type=certs-only"
@@ -51,7 +47,8 @@ P = ParamSpec("P")
 
 
 def plain_text_refusals(endpoint: Callable[P, ApiResponse]) -> Callable[P, ApiResponse]:
-    """4xx become the human-readable text/plain body RFC 7030 asks for; 5xx go on to `respond`."""
+    """4xx become the human-readable text/plain body RFC 7030 asks for, 401s with their WWW-Authenticate
+    challenges (stock EST clients send credentials only after one); 5xx go on to `respond`."""
 
     @functools.wraps(endpoint)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> ApiResponse:
@@ -60,7 +57,12 @@ def plain_text_refusals(endpoint: Callable[P, ApiResponse]) -> Callable[P, ApiRe
         except XbootError as error:
             if error.status >= 500:
                 raise
-            return ApiResponse(error.status, f"{error.message}\n".encode(), content_type="text/plain")
+            headers = {}
+            if isinstance(error, Unauthorized) and error.challenges:
+                headers["WWW-Authenticate"] = ", ".join(error.challenges)
+            if error.retry_after is not None:
+                headers["Retry-After"] = str(error.retry_after)
+            return ApiResponse(error.status, f"{error.message}\n".encode(), headers, content_type="text/plain")
 
     return wrapper
 
@@ -105,10 +107,29 @@ def registration_id_of(csr: x509.CertificateSigningRequest) -> str:
         raise BadRequest(f"the CSR's CN is the registration ID: {error.message}", code=error.code) from None
 
 
-def _issue(csr: x509.CertificateSigningRequest, settings: Settings) -> ApiResponse:
+def _issue(request: EnrollmentRequest, settings: Settings) -> ApiResponse:
     """RFC 7030 section 4.2.3: the response holds only the issued certificate (the chain is /cacerts)."""
-    issued = enroll_csr(registration_id_of(csr), csr, settings)
+    issued = enroll(request, settings)
     return ApiResponse(200, _certs_only([issued.certificate]), content_type=CERTS_ONLY)
+
+
+def _request(
+    csr: x509.CertificateSigningRequest,
+    authorization: str | None,
+    client_certificate: x509.Certificate | None,
+    function_key_checked: bool,
+) -> EnrollmentRequest:
+    """The TLS client certificate, when there is one, is the Certificate method's attestation: the
+    handshake proved possession of its key, so no signature comes with it."""
+    attestation = Attestation((client_certificate,), None) if client_certificate is not None else None
+    return EnrollmentRequest(
+        registration_id=registration_id_of(csr),
+        csr=csr,
+        csr_der=csr.public_bytes(Encoding.DER),
+        authorization=authorization,
+        attestation=attestation,
+        function_key_checked=function_key_checked,
+    )
 
 
 @plain_text_refusals
@@ -119,72 +140,65 @@ def cacerts(settings: Settings) -> ApiResponse:
 
 
 @plain_text_refusals
-def simpleenroll(body: bytes, settings: Settings) -> ApiResponse:
-    """`POST /simpleenroll`: `/api/certificate`'s checks, policy and audit, with the registration ID from the CN."""
-    return _issue(read_csr(body), settings)
+def simpleenroll(
+    body: bytes,
+    authorization: str | None,
+    client_certificate: str | None,
+    function_key_checked: bool,
+    settings: Settings,
+) -> ApiResponse:
+    """`POST /simpleenroll`: `/api/certificate`'s checks, authorization, policy and audit; the ID is the CN.
+
+    Credentials as RFC 7030 clients send them: HTTP Basic (registration ID, device key), Bearer (an
+    enrollment token) or the TLS client certificate.
+    """
+    csr = read_csr(body)
+    current = forwarded_certificate(client_certificate, settings)
+    return _issue(_request(csr, authorization, current, function_key_checked), settings)
 
 
 @plain_text_refusals
-def simplereenroll(body: bytes, client_certificate: str | None, settings: Settings) -> ApiResponse:
-    """`POST /simplereenroll`: a new certificate for the subject of the (authenticated) current one."""
-    current = authenticated_certificate(client_certificate, settings)
-    csr = read_csr(body)
-    if csr.subject != current.subject:
-        raise Forbidden(
-            "the CSR subject must equal the subject of the certificate being renewed (RFC 7030 section 4.2.2)",
-            code="subject_mismatch",
-        )
-    check_current_certificate(current, registration_id_of(csr), settings)
-    return _issue(csr, settings)
-
-
-def authenticated_certificate(header: str | None, settings: Settings) -> x509.Certificate:
-    """The TLS client certificate as the front end forwarded it, if the deployment vouches for the header."""
+def simplereenroll(
+    body: bytes,
+    authorization: str | None,
+    client_certificate: str | None,
+    function_key_checked: bool,
+    settings: Settings,
+) -> ApiResponse:
+    """`POST /simplereenroll`: a new certificate for the subject of the current one, which the TLS client
+    certificate proves (RFC 7030 section 3.3.2); that is enough, whatever EnrollmentAuthorization says."""
     if not settings.boolean(TRUST_SETTING, False):
         raise Forbidden(
             "re-enrollment needs TLS client authentication, which this server does not accept "
             f"({TRUST_SETTING} is off); enroll with /simpleenroll",
             code="client_certificate_not_trusted",
         )
-    if header is None or not header.strip():
+    current = forwarded_certificate(client_certificate, settings)
+    if current is None:
         raise Forbidden(
             "re-enrollment needs TLS client authentication with the certificate being renewed",
             code="client_certificate_required",
         )
+    if not issued_by_this_ca(current, settings):
+        raise Forbidden("the client certificate was not issued by this CA", code="client_certificate_untrusted")
+    csr = read_csr(body)
+    if csr.subject != current.subject:
+        raise Forbidden(
+            "the CSR subject must equal the subject of the certificate being renewed (RFC 7030 section 4.2.2)",
+            code="subject_mismatch",
+        )
+    return _issue(_request(csr, authorization, current, function_key_checked), settings)
+
+
+def forwarded_certificate(header: str | None, settings: Settings) -> x509.Certificate | None:
+    """The TLS client certificate as the front end forwarded it; None unless the deployment vouches for the
+    header (`EstTrustForwardedClientCert`: the front end strips it from clients and sets it from TLS)."""
+    if header is None or not header.strip() or not settings.boolean(TRUST_SETTING, False):
+        return None
     try:
-        certificate = x509.load_der_x509_certificate(_unbase64(header.encode("ascii", "replace"), "the header"))
+        return x509.load_der_x509_certificate(_unbase64(header.encode("ascii", "replace"), "the header"))
     except (BadRequest, ValueError):
         raise Forbidden("the forwarded client certificate is unreadable", code="client_certificate_invalid") from None
-    try:
-        certificate.verify_directly_issued_by(load_signer(settings).certificate)
-    except (InvalidSignature, ValueError, TypeError):
-        raise Forbidden(
-            "the client certificate was not issued by this CA", code="client_certificate_untrusted"
-        ) from None
-    now = dt.datetime.now(dt.UTC)
-    if not certificate.not_valid_before_utc <= now < certificate.not_valid_after_utc:
-        raise Forbidden("the client certificate is expired or not yet valid", code="client_certificate_expired")
-    return certificate
-
-
-def check_current_certificate(certificate: x509.Certificate, registration_id: str, settings: Settings) -> None:
-    """Issued by this service (its audit record, fingerprint and all) and not revoked."""
-    record = open_data_store(settings).read(audit_key(registration_id, format(certificate.serial_number, "X")))
-    try:
-        recorded = json.loads(record)["sha256Fingerprint"] if record is not None else None
-    except (ValueError, TypeError, KeyError):
-        recorded = None
-    if recorded != sha256_fingerprint(certificate):
-        raise Forbidden(
-            "the client certificate is not in this service's issuance records", code="client_certificate_unknown"
-        )
-    if certificate_revoked(certificate, registration_id, settings):
-        raise Forbidden("the client certificate is revoked", code="client_certificate_revoked")
-
-
-def certificate_revoked(certificate: x509.Certificate, registration_id: str, settings: Settings) -> bool:
-    """The single revocation check for re-enrollment: the certificate, its serial or its registration ID."""
-    return revoked(certificate, settings) is not None
 
 
 class _OidSet(core.SetOf):

@@ -25,13 +25,15 @@ def audit_key(registration_id: str, serial_number: str) -> str:
     return f"{audit_prefix(registration_id)}{serial_number}.json"
 
 
-def record_issuance(store: ObjectStore, issued: IssuedCertificate, issued_at: dt.datetime) -> None:
+def record_issuance(store: ObjectStore, issued: IssuedCertificate, issued_at: dt.datetime, authorization: str) -> None:
     record = {
         "registrationId": issued.registration_id,
         "serialNumber": issued.serial_number,
         "sha256Fingerprint": issued.fingerprint,
         "subject": issued.certificate.subject.rfc4514_string(),
         "issuer": issued.signer.subject_text,
+        "issuerSha256Fingerprint": issued.signer.fingerprint,
+        "authorization": authorization,  # the method that authorized it: FunctionKey, DeviceKey, Token, Certificate
         "notBefore": issued.certificate.not_valid_before_utc.isoformat(),
         "notAfter": issued.not_after.isoformat(),
         "issuedAt": issued_at.isoformat(),

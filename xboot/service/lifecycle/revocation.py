@@ -201,6 +201,21 @@ def is_revocation_id(value: str) -> bool:
     return _ID.fullmatch(value) is not None
 
 
+def _keep_earliest(index: dict[str, Revocation], value: str, entry: Revocation) -> None:
+    """The entry in effect first answers for a value (oldest entry on a tie): a superseded entry that takes
+    effect tomorrow must not hide a keyCompromise entry in effect now."""
+    current = index.get(value)
+    if current is None or entry.revoked_at < current.revoked_at:
+        index[value] = entry
+
+
+def in_effect(entry: Revocation | None, now: dt.datetime | None = None) -> Revocation | None:
+    """`entry` if it is in effect at `now`: a renewal's superseded entries wait out SupersededGraceHours."""
+    if entry is None or entry.revoked_at > (now or dt.datetime.now(dt.UTC)):
+        return None
+    return entry
+
+
 @dataclass(frozen=True)
 class RevocationList:
     """An immutable snapshot of every entry, indexed for the per-request checks. Oldest entry wins a tie."""
@@ -220,12 +235,12 @@ class RevocationList:
         by_key: dict[str, Revocation] = {}
         for entry in ordered:
             index = {"serial": by_serial, "fingerprint": by_fingerprint, "registrationId": by_registration}
-            index[entry.kind].setdefault(entry.value, entry)
+            _keep_earliest(index[entry.kind], entry.value, entry)
             for serial in entry.serial_numbers:
-                by_serial.setdefault(serial, entry)
+                _keep_earliest(by_serial, serial, entry)
             if entry.blocks_keys:
                 for key in entry.public_keys:
-                    by_key.setdefault(key, entry)
+                    _keep_earliest(by_key, key, entry)
         return cls(ordered, by_fingerprint, by_serial, by_registration, by_key)
 
     @cached_property
@@ -242,21 +257,22 @@ class RevocationList:
         """By fingerprint (any certificate); by serial and by CN = registration ID (certificates of our CA)."""
         if not self.entries:
             return None
-        hit = self.by_fingerprint.get(fingerprint or sha256_fingerprint(certificate))
+        now = dt.datetime.now(dt.UTC)
+        hit = in_effect(self.by_fingerprint.get(fingerprint or sha256_fingerprint(certificate)), now)
         if hit is not None or ca_subject is None or certificate.issuer != ca_subject:
             return hit
-        hit = self.by_serial.get(format(certificate.serial_number, "X"))
+        hit = in_effect(self.by_serial.get(format(certificate.serial_number, "X")), now)
         if hit is not None:
             return hit
         name = common_name(certificate.subject)
-        return None if name is None else self.by_registration.get(name.lower())
+        return None if name is None else in_effect(self.by_registration.get(name.lower()), now)
 
-    def for_record(self, record: Mapping[str, Any]) -> Revocation | None:
+    def for_record(self, record: Mapping[str, Any], now: dt.datetime | None = None) -> Revocation | None:
         """An audit record: every certificate in it was issued by this service."""
         return (
-            self.by_serial.get(str(record.get("serialNumber")))
-            or self.by_fingerprint.get(str(record.get("sha256Fingerprint")))
-            or self.by_registration.get(str(record.get("registrationId")).lower())
+            in_effect(self.by_serial.get(str(record.get("serialNumber"))), now)
+            or in_effect(self.by_fingerprint.get(str(record.get("sha256Fingerprint"))), now)
+            or in_effect(self.by_registration.get(str(record.get("registrationId")).lower()), now)
         )
 
     @property
@@ -382,14 +398,14 @@ def _ca_subject(settings: Settings, revocations: RevocationList) -> x509.Name | 
 def check_enrollment(registration_id: str, key: PublicKey, settings: Settings) -> None:
     """403 for a revoked registration ID, or for a key whose certificate was revoked (a renewal reusing it)."""
     revocations = load_revocations(settings)
-    hit = revocations.by_registration.get(registration_id.lower())
+    hit = in_effect(revocations.by_registration.get(registration_id.lower()))
     if hit is not None:
         raise Forbidden(
             f"registration {registration_id} is revoked ({hit.reason}, {_utc(hit.revoked_at)})",
             code="registration_revoked",
         )
     if revocations.by_key:
-        hit = revocations.by_key.get(key_hash(key))
+        hit = in_effect(revocations.by_key.get(key_hash(key)))
         if hit is not None:
             raise Forbidden(
                 f"this public key belongs to a revoked certificate ({hit.reason}); enroll with a new key",
@@ -525,7 +541,20 @@ def resolve(store: ObjectStore, selector: str, value: object, settings: Settings
 def revoke(settings: Settings, selector: str, value: object, reason: str, now: dt.datetime) -> tuple[Revocation, bool]:
     """The entry and whether this call made it; revoking what is already revoked for the same reason is a no-op."""
     store = open_data_store(settings)
-    target = resolve(store, selector, value, settings)
+    return _record(store, settings, resolve(store, selector, value, settings), reason, now, now)
+
+
+def supersede(settings: Settings, record: Mapping[str, Any], effective_at: dt.datetime, now: dt.datetime) -> Revocation:
+    """A renewed device's earlier certificate (its audit record): revoked as superseded from `effective_at`."""
+    serial = str(record["serialNumber"])
+    found = _from_records("serial", serial, [dict(record)], str(record.get("registrationId")))
+    target = Target("serial", serial, (serial,), found.registration_id, found.public_keys)
+    return _record(open_data_store(settings), settings, target, "superseded", now, effective_at)[0]
+
+
+def _record(
+    store: ObjectStore, settings: Settings, target: Target, reason: str, now: dt.datetime, effective_at: dt.datetime
+) -> tuple[Revocation, bool]:
     existing = load_revocations(settings, fresh=True).find(target.kind, target.value)
     if existing is not None:
         if existing.reason != reason:
@@ -540,7 +569,7 @@ def revoke(settings: Settings, selector: str, value: object, reason: str, now: d
         kind=target.kind,
         value=target.value,
         reason=reason,
-        revoked_at=now.replace(microsecond=0),
+        revoked_at=effective_at.replace(microsecond=0),
         serial_numbers=target.serial_numbers,
         registration_id=target.registration_id,
         public_keys=target.public_keys,

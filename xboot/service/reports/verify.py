@@ -458,6 +458,27 @@ def _content(message: SignedMessage, parsed: ParsedCms) -> bytes:
     raise _malformed("the signature must either be detached (multipart/signed) or encapsulate the report, not both")
 
 
+def verify_path(
+    signer: x509.Certificate, certificates: list[x509.Certificate], anchors: TrustAnchors, now: dt.datetime
+) -> tuple[tuple[x509.Certificate, ...], tuple[str, ...]]:
+    """The verified path from `signer` (checked as a signer) through `certificates` to a trusted fingerprint.
+
+    The one path validation of the service: signed reports and enrollment attestations (birth certificates)
+    both come here. Returns the path, signer first, and each certificate's SHA-256 fingerprint.
+    """
+    _check_key(signer, "signer")
+    _check_signer(signer, now)
+    pool = [*certificates, *(c for c in anchors.certificates if c not in certificates)]
+    if signer not in pool:
+        pool.insert(0, signer)
+    builder = _PathBuilder(pool, anchors, now)
+    path = builder.build([signer])
+    if path is None:
+        chain_failures = [f for f in builder.failures if f.code != "untrusted"]
+        raise (chain_failures or builder.failures)[0]
+    return tuple(path), tuple(builder.fingerprint(c) for c in path)
+
+
 def verify_signed_report(message: SignedMessage, anchors: TrustAnchors, now: dt.datetime) -> Verification:
     """Verify `message` as received at `now`; raises BadRequest (malformed) or Unprocessable (refused)."""
     parsed = parse_cms(message.cms)
@@ -482,17 +503,11 @@ def verify_signed_report(message: SignedMessage, anchors: TrustAnchors, now: dt.
     signer = _signer_certificate(parsed, certificates)
     _check_key(signer, "signer")  # before public_key() is used: unsupported key types are refused, not crashed on
     _verify_cms_signature(signer, scheme, parsed.signature, parsed.signed_attributes)
-    _check_signer(signer, now)
-    pool = [*certificates, *(c for c in anchors.certificates if c not in certificates)]
-    builder = _PathBuilder(pool, anchors, now)
-    path = builder.build([signer])
-    if path is None:
-        chain_failures = [f for f in builder.failures if f.code != "untrusted"]
-        raise (chain_failures or builder.failures)[0]
+    path, fingerprints = verify_path(signer, certificates, anchors, now)
     return Verification(
         content=content,
-        path=tuple(path),
-        path_fingerprints=tuple(builder.fingerprint(c) for c in path),
+        path=path,
+        path_fingerprints=fingerprints,
         signed_attributes=parsed.signed_attributes,
         digest_algorithm=scheme.hash.name,
         signature_algorithm=scheme.name,
