@@ -7,7 +7,8 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from xboot.errors import BadRequest, NotFound, Unprocessable
+from xboot.errors import BadRequest, ConfigurationError, NotFound, Unprocessable
+from xboot.service.ca.signer import load_signer
 from xboot.service.http.edge import ApiResponse, check_size, page_size
 from xboot.service.lifecycle.revocation import check_path
 from xboot.service.reports.smime import read_request, report_document
@@ -15,12 +16,13 @@ from xboot.service.reports.store import Kind, is_report_id, list_reports, read_r
 from xboot.service.reports.trust import (
     load_trust_anchors,
 )
-from xboot.service.reports.verify import verify_signed_report
+from xboot.service.reports.verify import Verification, verify_signed_report
 from xboot.service.settings import Settings
 from xboot.service.storage import open_data_store
 
 log = logging.getLogger(__name__)
 
+GATEWAY_MATCH = "RequireGatewayIdMatch"
 DEFAULT_PAGE = 20
 MAX_PAGE = 100
 
@@ -28,6 +30,20 @@ MAX_PAGE = 100
 def _summary(record: Mapping[str, Any]) -> dict[str, Any]:
     """A stored record without the signed message it keeps for re-verification."""
     return {k: v for k, v in record.items() if k != "signedMessage"}
+
+
+def _gateway_must_match(verification: Verification, settings: Settings) -> bool:
+    """`RequireGatewayIdMatch` if set; by default only for signers our issuing CA certified: the CN is the
+    identity xboot enrolled, so a device reports as itself. PKIs trusted by fingerprint keep the guide's
+    behaviour, where the gateway's CN and its gatewayId may differ."""
+    if settings.get(GATEWAY_MATCH) is not None:
+        return settings.boolean(GATEWAY_MATCH, True)
+    if len(verification.path) < 2:
+        return False
+    try:
+        return verification.path_fingerprints[1] == load_signer(settings).fingerprint
+    except ConfigurationError:  # a reports-only deployment without a CA of its own
+        return False
 
 
 def submit_report(
@@ -41,7 +57,7 @@ def submit_report(
     verification = verify_signed_report(message, load_trust_anchors(store, settings), received_at)
     check_path(verification.path, verification.path_fingerprints, settings)
     document = report_document(verification.content)
-    if settings.boolean("RequireGatewayIdMatch", False) and verification.signer_common_name != document["gatewayId"]:
+    if _gateway_must_match(verification, settings) and verification.signer_common_name != document["gatewayId"]:
         raise Unprocessable("the signer certificate's CN must equal the report's gatewayId", code="gateway_mismatch")
     stored = store_report(store, kind, document, verification, message.raw, received_at)
     record = stored.record
