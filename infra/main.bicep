@@ -39,6 +39,18 @@ param certificateName string = 'Intermediate'
 @maxValue(3650)
 param certificateValidityDays int = 365
 
+@description('Who may enroll (EnrollmentAuthorization): DeviceKey (DPS-derived keys), Token (one-time JWTs), Certificate (birth certificates). FunctionKey alone lets anyone holding the function key enroll any device: not offered here.')
+@allowed([
+  'DeviceKey'
+  'Token'
+  'Certificate'
+  'DeviceKey,Certificate'
+  'Token,Certificate'
+  'DeviceKey,Token'
+  'DeviceKey,Token,Certificate'
+])
+param enrollmentAuthorization string = 'DeviceKey,Certificate'
+
 @description('Seconds the app keeps the loaded CA (and registration list) before reading them again.')
 @minValue(0)
 @maxValue(86400)
@@ -234,6 +246,10 @@ module functionApp 'modules/functionapp.bicep' = {
       {
         name: 'CertificateValidityDays'
         value: string(certificateValidityDays)
+      }
+      {
+        name: 'EnrollmentAuthorization'
+        value: enrollmentAuthorization
       }
     ], keyLocationSettings[keyLocation], extraSettings)
   }

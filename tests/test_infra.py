@@ -501,6 +501,12 @@ def test_app_settings_present(key_location: str) -> None:
     assert settings["DataBlobContainer"] == "xboot-data"
     assert settings["SignerCacheSeconds"] == "300"
     assert settings["CertificateValidityDays"] == "365"
+    # A strong enrollment method by default; FunctionKey (any key holder becomes any device) is not offered.
+    assert settings["EnrollmentAuthorization"] == "DeviceKey,Certificate"
+    authorization = tree(MAIN)["parameters"]["enrollmentAuthorization"]
+    assert authorization["default"] == "DeviceKey,Certificate"
+    allowed = next(d["argument"] for d in authorization["decorators"] if d["type"] == "allowed")
+    assert not [a for a in allowed if "FunctionKey" in a]
     assert dotted(settings["KeyVaultUri"]) == "keyVault.outputs.uri"
     assert dotted(settings["BlobAccountUrl"]) == "storage.outputs.blobEndpoint"
     assert dotted(settings["DataBlobAccountUrl"]) == "storage.outputs.blobEndpoint"
