@@ -1,6 +1,6 @@
 """`python -m bench [--quick] [--json PATH] [--only PARTS]`: run the benchmarks, print a table, write JSON.
 
-Parts: issuance (1, 2), reports (3), http (4), coldstart (5), backends (6). See bench/README.md.
+Parts: issuance (1, 2), reports (3), http (4), coldstart (5), backends (6), authorization (7). See bench/README.md.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ PARTS = {
     "http": ("4. HTTP through `xboot serve` (EC P-256 dev CA, audit on disk)", "bench.http_load"),
     "coldstart": ("5. Cold start: fresh process per sample", "bench.coldstart"),
     "backends": ("6. Backend calls per 1,000 issuances", "bench.backends"),
+    "authorization": ("7. Enrollment authorization: extra cost per enrollment, by method", "bench.authorization"),
 }
 
 
