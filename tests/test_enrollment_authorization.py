@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 import jwt
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from tests.fixtures.live_server import ROOT, LiveServer, start_live_server
@@ -555,3 +555,42 @@ def test_superseded_entries_wait_for_their_grace():
     now = dt.datetime.now(dt.UTC)
     later = Revocation(id="x", kind="serial", value="AB", reason="superseded", revoked_at=now + dt.timedelta(hours=24))
     assert in_effect(later, now) is None and in_effect(later, now + dt.timedelta(hours=25)) is later
+
+
+def test_a_superseded_certificate_stays_valid_for_its_grace_then_enters_the_crl(
+    app_env, functions, monkeypatch, tmp_path
+):
+    """In process, so the CRL can be asked for at a later time: grace 24 h, renewal by the current certificate."""
+    import xboot.service.ca.crl as crl_module
+    from xboot.service.settings import Settings
+
+    monkeypatch.setenv("SupersededGraceHours", "24")
+    key = ec.generate_private_key(ec.SECP256R1())
+    registration_id = "dev-grace"
+
+    def csr_for(signing_key: ec.EllipticCurvePrivateKey) -> bytes:
+        subject = x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, registration_id)])
+        request = x509.CertificateSigningRequestBuilder().subject_name(subject).sign(signing_key, hashes.SHA256())
+        return request.public_bytes(serialization.Encoding.DER)
+
+    first = functions.call("POST", "/api/certificate", {"RegistrationId": registration_id,
+                                                        "Csr": base64.b64encode(csr_for(key)).decode()})  # fmt: skip
+    assert first.status == 200, first.body
+    current = x509.load_der_x509_certificate(base64.b64decode(first.json()["certificate"]))
+    new_key = ec.generate_private_key(ec.SECP256R1())
+    der = csr_for(new_key)
+    attestation = {"Certificates": [base64.b64encode(current.public_bytes(serialization.Encoding.DER)).decode()],
+                   "Signature": base64.b64encode(key.sign(der, ec.ECDSA(hashes.SHA256()))).decode()}  # fmt: skip
+    renewed = functions.call("POST", "/api/certificate", {"RegistrationId": registration_id,
+                             "Csr": base64.b64encode(der).decode(), "Attestation": attestation})  # fmt: skip
+    assert renewed.status == 200, renewed.body
+    settings = Settings.from_environ()
+    now = dt.datetime.now(dt.UTC)
+    assert crl_module.published_crl(settings, now).der and current.serial_number not in {
+        r.serial_number for r in x509.load_der_x509_crl(crl_module.published_crl(settings, now).der)
+    }
+    # Still the device's certificate during the grace: it can renew again with it.
+    listed = functions.call("GET", "/api/mgmt/v1/revocations").json()["revocations"]
+    assert [(e["reason"], e["value"]) for e in listed] == [("superseded", format(current.serial_number, "X"))]
+    later = crl_module.published_crl(settings, now + dt.timedelta(hours=25))
+    assert current.serial_number in {r.serial_number for r in x509.load_der_x509_crl(later.der)}
