@@ -141,8 +141,11 @@ def test_a_crl_half_way_to_its_next_update_is_rebuilt(app_env, functions):
 
 def _record(app_env: dict[str, str], registration_id: str, serial: str) -> None:
     """An audit record as an instance whose revocation snapshot was still stale would have written it."""
-    path = Path(app_env["DataDirectory"]) / "certificates" / registration_id / f"{serial}.json"
-    path.write_text(json.dumps({"registrationId": registration_id, "serialNumber": serial}))
+    folder = Path(app_env["DataDirectory"]) / "certificates" / registration_id
+    real = json.loads(next(folder.glob("*.json")).read_text())  # the same CA: the same issuer fields
+    issuer = {name: real[name] for name in ("issuer", "issuerSha256Fingerprint")}
+    (folder / f"{serial}.json").write_text(json.dumps({"registrationId": registration_id, "serialNumber": serial,
+                                                       **issuer}))  # fmt: skip
 
 
 def test_registration_revocations_catch_what_stale_instances_issued(app_env, functions, tmp_path):

@@ -10,9 +10,11 @@ import datetime as dt
 import ipaddress
 import json
 import os
+import secrets
 import subprocess
 import sys
 import threading
+import time
 import urllib.parse
 from pathlib import Path
 
@@ -369,3 +371,147 @@ def test_a_server_key_starting_with_a_dash_works_end_to_end(tmp_path):
         )  # fmt: skip
     assert run.returncode == 0, run.stderr
     assert json.loads(run.stdout)["registrationId"] == "dev-dash"
+
+
+# -- 13. a CRL lists only the certificates of the CA that signs it ------------------------------------------------
+
+
+def test_the_crl_of_a_new_ca_does_not_list_the_old_cas_serials(app_env, functions, monkeypatch, tmp_path):
+    from tests.test_revocation import enroll as enroll_device
+
+    old_device = enroll_device(functions, tmp_path / "old", "dev-old-ca")
+    by_id = enroll_device(functions, tmp_path / "old2", "dev-old-ca-2")
+    admin = "/api/mgmt/v1/revocations"
+    assert functions.call("POST", admin, {"serialNumber": old_device.serial, "reason": "keyCompromise"}).status == 201
+    assert functions.call("POST", admin, {"registrationId": "dev-old-ca-2", "reason": "keyCompromise"}).status == 201
+    old_crl = x509.load_der_x509_crl(functions.call("GET", "/api/crl").body)
+    assert {r.serial_number for r in old_crl} == {old_device.certificate.serial_number, by_id.certificate.serial_number}
+    # The same data store, another issuing CA.
+    new_ca = create_development_ca(tmp_path / "new-ca")
+    for name, value in new_ca.settings().items():
+        monkeypatch.setenv(name, value)
+    from xboot.service.ca.signer import clear_signer_cache
+
+    clear_signer_cache()
+    new_device = enroll_device(functions, tmp_path / "new", "dev-new-ca")
+    assert functions.call("POST", admin, {"serialNumber": new_device.serial, "reason": "superseded"}).status == 201
+    new_crl = x509.load_der_x509_crl(functions.call("GET", "/api/crl").body)
+    assert new_crl.issuer == new_device.certificate.issuer
+    assert {r.serial_number for r in new_crl} == {new_device.certificate.serial_number}
+    # The old CA's revocations stay on record, each saying whose serials it holds.
+    listed = functions.call("GET", admin).json()["revocations"]
+    issuers = {e["issuerSha256Fingerprint"] for e in listed}
+    assert len(listed) == 3 and len(issuers) == 2
+
+
+# -- 14. concurrent identical revocations make one entry ---------------------------------------------------------
+
+
+def test_concurrent_identical_revocations_make_one_entry(app_env, functions):
+    from concurrent.futures import ThreadPoolExecutor
+
+    body = {"serialNumber": "C0FFEE", "reason": "keyCompromise"}
+    with ThreadPoolExecutor(16) as pool:
+        replies = list(pool.map(lambda _: functions.call("POST", "/api/mgmt/v1/revocations", body), range(16)))
+    assert sorted(r.status for r in replies) == [200] * 15 + [201]
+    assert len({r.json()["id"] for r in replies}) == 1
+    assert len(functions.call("GET", "/api/mgmt/v1/revocations").json()["revocations"]) == 1
+
+
+def test_a_claim_left_by_a_killed_writer_is_completed_by_the_next(app_env, functions):
+    from xboot.service.lifecycle.revocation import Target, _claim_key, new_id
+
+    claim = Path(app_env["DataDirectory"]) / _claim_key(Target("serial", "BADC0DE"))
+    claim.parent.mkdir(parents=True)
+    orphan = new_id(dt.datetime.now(dt.UTC))
+    claim.write_text(json.dumps({"id": orphan}))  # claimed, then killed before the entry was written
+    reply = functions.call("POST", "/api/mgmt/v1/revocations", {"serialNumber": "BADC0DE", "reason": "keyCompromise"})
+    assert reply.status in (200, 201) and reply.json()["id"] == orphan
+    assert [e["id"] for e in functions.call("GET", "/api/mgmt/v1/revocations").json()["revocations"]] == [orphan]
+
+
+# -- 15. acknowledged writes are durable; a killed writer's leftovers go -----------------------------------------
+
+
+def test_create_fsyncs_the_file_and_its_folder(tmp_path, monkeypatch):
+    import stat
+
+    from xboot.service.storage.file import FileStore
+
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        synced.append("dir" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    store = FileStore(tmp_path)
+    assert store.create("a/b/c.json", b"{}")
+    assert synced.count("file") == 1 and synced[-1] == "dir" and synced.count("dir") >= 2  # new folders, the link
+    synced.clear()
+    store.replace("a/b/c.json", b"[]")
+    assert synced == ["file", "dir"]
+
+
+WRITER = r"""
+import sys
+from pathlib import Path
+from xboot.service.storage.file import FileStore
+store = FileStore(Path(sys.argv[1]))
+n = 0
+while True:
+    store.create(f"certificates/dev/{n:08d}.json", b'{"n": %d, "pad": "%s"}' % (n, b"x" * 4000))
+    print(n, flush=True)
+    n += 1
+"""
+
+
+def test_kill_9_mid_write_loses_no_acknowledged_record_and_leftovers_are_removed(tmp_path):
+    import signal
+
+    from xboot.service.storage.file import ABANDONED_SECONDS, FileStore
+
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path)], stdout=subprocess.PIPE, text=True,
+                              cwd=Path(__file__).resolve().parent.parent)  # fmt: skip
+    acknowledged = [int(writer.stdout.readline()) for _ in range(200)]
+    writer.send_signal(signal.SIGKILL)
+    writer.wait()
+    store = FileStore(tmp_path)
+    for n in acknowledged:  # every acknowledged record is whole
+        assert json.loads(store.read(f"certificates/dev/{n:08d}.json"))["n"] == n
+    for key in store.list("certificates/"):
+        json.loads(store.read(key))  # and nothing half-written is visible as an object
+    folder = tmp_path / "certificates" / "dev"
+    stale, fresh = folder / ".tmp-stale", folder / ".tmp-fresh"
+    stale.write_bytes(b"half"), fresh.write_bytes(b"live")
+    os.utime(stale, (time.time() - ABANDONED_SECONDS - 5,) * 2)
+    store.list("certificates/")
+    assert not stale.exists() and fresh.exists()  # only what no live writer can own is removed
+
+
+# -- 16. in Azure, no DataStore means Blob on the runtime's storage, or a clear refusal --------------------------
+
+
+def test_in_azure_without_a_data_store_the_service_refuses_the_local_disk(app_env, functions, monkeypatch, tmp_path):
+    monkeypatch.setenv("WEBSITE_INSTANCE_ID", "a1b2c3")
+    monkeypatch.delenv("DataDirectory")
+    status, body = enroll(functions, "dev-azure", make_csr(tmp_path, "dev-azure").b64)
+    assert status == 500 and body["error"] == "configuration_error"
+    assert "DataStore" in body["message"] and "temporary disk" in body["message"]
+
+
+def test_in_azure_the_default_data_store_is_blob_on_azurewebjobsstorage(app_env, functions, monkeypatch, tmp_path,
+                                                                        azurite):  # fmt: skip
+    from azure.storage.blob import BlobServiceClient
+
+    monkeypatch.setenv("WEBSITE_INSTANCE_ID", "a1b2c3")
+    monkeypatch.setenv("AzureWebJobsStorage", azurite.connection_string)
+    container = f"data-{secrets.token_hex(4)}"
+    monkeypatch.setenv("DataBlobContainer", container)
+    status, body = enroll(functions, "dev-azure-blob", make_csr(tmp_path, "dev-azure-blob").b64)
+    assert status == 200, body
+    names = [b.name for b in BlobServiceClient.from_connection_string(azurite.connection_string)
+             .get_container_client(container).list_blobs()]  # fmt: skip
+    assert names == [f"certificates/dev-azure-blob/{body['serialNumber']}.json"]
+    assert not (Path(app_env["DataDirectory"]) / "certificates").exists()

@@ -54,7 +54,14 @@ def cmd_revoke(args: argparse.Namespace, out: Output) -> int:
     client = make_client(args, out, admin=True)
     if args.list:
         entries = client.revocations()
-        out.result(entries, "\n".join(_revocation_line(e) for e in entries) or "(nothing is revoked)")
+        lines = [_revocation_line(e) for e in entries]
+        counts: dict[str, int] = {}
+        for entry in entries:  # a CRL lists only its CA's serials: say whose each entry's are
+            issuer = entry.get("issuerSha256Fingerprint") or ("no CA (by fingerprint)" if not entry.get(
+                "serialNumbers") else "a CA before issuers were recorded")  # fmt: skip
+            counts[issuer] = counts.get(issuer, 0) + 1
+        lines += [f"  {count} entries: {issuer}" for issuer, count in counts.items()]
+        out.result(entries, "\n".join(lines) or "(nothing is revoked)")
         return EXIT_OK
     if args.cert:
         certificate = load_certificate_file(Path(args.cert))[0]

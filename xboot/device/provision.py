@@ -51,7 +51,9 @@ def enroll_device(
     certificate); without any, only a service that accepts the function key alone will enroll.
     """
     if files.exists() and not force:
-        raise ClientError(f"{files.directory} already holds a device identity: use xboot renew (or --force to replace it)")
+        raise ClientError(
+            f"{files.directory} already holds a device identity: use xboot renew (or --force to replace it)"
+        )
     if key_type not in KEY_TYPES:
         raise ClientError(f"unknown key type {key_type}; use one of {', '.join(KEY_TYPES)}")
     files.check_pfx_password(pfx_password)

@@ -39,7 +39,7 @@ from xboot.service.lifecycle.revocation import (
     load_revocations,
 )
 from xboot.service.settings import Settings
-from xboot.service.storage import ObjectStore, open_data_store
+from xboot.service.storage import ObjectStore, open_data_store, read_json
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +55,9 @@ _KEY = re.compile(r"crl/[0-9]{20}\.json")
 
 @dataclass(frozen=True)
 class Registration:
-    serial_numbers: tuple[str, ...]
+    serial_numbers: tuple[str, ...]  # the device's certificates issued by `issuer`
     settled: bool  # listed after every instance's cache had the entry: no certificate can be added any more
+    issuer: str | None = None  # the CA (SHA-256 fingerprint) the serials were resolved for
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,7 @@ class PublishedCrl:
             "refreshAt": self.refresh_at.isoformat(),
             "source": self.source,
             "registrations": {
-                i: {"serialNumbers": list(r.serial_numbers), "settled": r.settled}
+                i: {"serialNumbers": list(r.serial_numbers), "settled": r.settled, "issuer": r.issuer}
                 for i, r in self.registrations.items()
             },
             "crl": base64.b64encode(self.der).decode("ascii"),
@@ -99,7 +100,7 @@ class PublishedCrl:
                 refresh_at=dt.datetime.fromisoformat(document["refreshAt"]),
                 source=str(document["source"]),
                 registrations={
-                    str(i): Registration(tuple(r["serialNumbers"]), bool(r["settled"]))
+                    str(i): Registration(tuple(r["serialNumbers"]), bool(r["settled"]), r.get("issuer"))
                     for i, r in document["registrations"].items()
                 },
             )
@@ -191,26 +192,38 @@ def published_crl(settings: Settings, now: dt.datetime | None = None) -> Publish
         return crl
 
 
+def _issued_by(record: dict[str, Any] | None, signer: Signer) -> bool:
+    """An audit record of this CA: by fingerprint, or for records made before it was kept, by issuer name."""
+    if record is None:
+        return False
+    recorded = record.get("issuerSha256Fingerprint")
+    return recorded == signer.fingerprint if recorded is not None else record.get("issuer") == signer.subject_text
+
+
 def _registrations(
     store: ObjectStore,
+    signer: Signer,
     revocations: RevocationList,
     previous: PublishedCrl | None,
     settle: dt.timedelta,
     now: dt.datetime,
 ) -> dict[str, Registration]:
-    """Serials per registration-ID entry: from the previous CRL once settled, else listed from the audit log now."""
+    """Serials of this CA per registration-ID entry: from the previous CRL once settled (if it was resolved for
+    this CA), else from the device's audit records now. A CRL lists only what the CA that signs it issued."""
     resolved = {}
     for entry in revocations.entries:
         if entry.kind != "registrationId":
             continue
         known = previous.registrations.get(entry.id) if previous is not None else None
-        if known is not None and known.settled:
+        if known is not None and known.settled and known.issuer == signer.fingerprint:
             resolved[entry.id] = known
             continue
         prefix = audit_prefix(entry.value)
-        names = (key[len(prefix) :].removesuffix(".json") for key in store.list(prefix))
-        serials = tuple(name for name in names if SERIAL.fullmatch(name))
-        resolved[entry.id] = Registration(serials, now >= entry.revoked_at + settle)
+        keys = [key for key in store.list(prefix) if SERIAL.fullmatch(key[len(prefix) :].removesuffix(".json"))]
+        serials = tuple(
+            key[len(prefix) :].removesuffix(".json") for key in keys if _issued_by(read_json(store, key), signer)
+        )
+        resolved[entry.id] = Registration(serials, now >= entry.revoked_at + settle, signer.fingerprint)
     return resolved
 
 
@@ -229,7 +242,8 @@ def build_crl(
         if in_effect(entry, now) is None:
             continue  # a renewal's predecessor still in its grace: listed once the grace has passed
         extra = registrations[entry.id].serial_numbers if entry.id in registrations else ()
-        for serial in (*entry.serial_numbers, *extra):
+        own = entry.serial_numbers if entry.issuer in (None, signer.fingerprint) else ()  # None: before issuers
+        for serial in (*own, *extra):
             revoked.setdefault(serial, (entry.revoked_at, REASONS[entry.reason]))
     builder = (
         x509.CertificateRevocationListBuilder()
@@ -259,7 +273,7 @@ def _publish(
     now: dt.datetime,
 ) -> PublishedCrl:
     settle = dt.timedelta(seconds=ttl + IN_FLIGHT_SECONDS)
-    registrations = _registrations(store, revocations, previous, settle, now)
+    registrations = _registrations(store, signer, revocations, previous, settle, now)
     next_update = now + dt.timedelta(hours=hours)
     refresh_at = now + dt.timedelta(hours=hours) / 2
     for entry in revocations.entries:

@@ -33,7 +33,7 @@ import secrets
 import threading
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any
 
@@ -136,6 +136,7 @@ class Revocation:
     serial_numbers: tuple[str, ...] = ()  # this CA's certificates it put in the CRL when it was made
     registration_id: str | None = None  # the device, when known
     public_keys: tuple[str, ...] = ()  # key_hash of each certificate it resolved
+    issuer: str | None = None  # SHA-256 fingerprint of the CA that issued serial_numbers (None: made before 0.2)
 
     @property
     def key(self) -> str:
@@ -155,6 +156,7 @@ class Revocation:
             "serialNumbers": list(self.serial_numbers),
             "registrationId": self.registration_id,
             "publicKeySha256": list(self.public_keys),
+            "issuerSha256Fingerprint": self.issuer,
         }
 
     def summary(self) -> dict[str, str]:
@@ -173,6 +175,7 @@ class Revocation:
                 serial_numbers=tuple(document["serialNumbers"]),
                 registration_id=document["registrationId"],
                 public_keys=tuple(document["publicKeySha256"]),
+                issuer=document.get("issuerSha256Fingerprint"),
             )
         except (ValueError, TypeError, KeyError, AttributeError):
             return None
@@ -457,29 +460,40 @@ class Target:
     serial_numbers: tuple[str, ...] = ()
     registration_id: str | None = None
     public_keys: tuple[str, ...] = ()
+    issuer: str | None = None  # the CA that issued serial_numbers
 
 
 def _from_records(kind: str, value: str, records: list[dict[str, Any]], registration_id: str | None) -> Target:
     keys = (_record_key_hash(r) for r in records)
+    issuers = {r.get("issuerSha256Fingerprint") for r in records}
     return Target(
         kind,
         value,
         tuple(str(r.get("serialNumber")) for r in records),
         registration_id,
         tuple(dict.fromkeys(k for k in keys if k is not None)),
+        issuers.pop() if len(issuers) == 1 else None,
     )
 
 
-def _serial_target(store: ObjectStore, value: object) -> Target:
+def _current_ca(settings: Settings) -> str | None:
+    """The issuing CA's fingerprint: serials named without a record are "a certificate of this CA"."""
+    try:
+        return load_signer(settings).fingerprint
+    except ConfigurationError:
+        return None
+
+
+def _serial_target(store: ObjectStore, value: object, settings: Settings) -> Target:
     """Found by listing the audit log's names (no reads): its registration ID and key, if it is recorded."""
     serial = normalize_serial(value)
     suffix = f"/{serial}.json"
     keys = [k for k in store.list(AUDIT_PREFIX) if k.endswith(suffix)]
     records = [r for r in (read_json(store, k) for k in keys[:1]) if r is not None]
     if not records:
-        return Target("serial", serial, (serial,))
+        return Target("serial", serial, (serial,), issuer=_current_ca(settings))
     target = _from_records("serial", serial, records, str(records[0].get("registrationId")))
-    return Target("serial", serial, (serial,), target.registration_id, target.public_keys)
+    return Target("serial", serial, (serial,), target.registration_id, target.public_keys, target.issuer)
 
 
 def _registration_target(store: ObjectStore, value: object) -> Target:
@@ -509,8 +523,9 @@ def _certificate_target(store: ObjectStore, value: object, settings: Settings) -
         keys: tuple[str, ...] = (key_hash(certificate.public_key()),)
     except UnsupportedAlgorithm:  # a foreign certificate's key type: it can never enroll here anyway
         keys = ()
+    signer = load_signer(settings)
     try:
-        certificate.verify_directly_issued_by(load_signer(settings).certificate)
+        certificate.verify_directly_issued_by(signer.certificate)
     except (InvalidSignature, ValueError, TypeError, UnsupportedAlgorithm):
         return Target("fingerprint", fingerprint, (), None, keys)
     serial = format(certificate.serial_number, "X")
@@ -519,12 +534,12 @@ def _certificate_target(store: ObjectStore, value: object, settings: Settings) -
     if name is not None and REGISTRATION_ID.fullmatch(name):  # signed by our key outside the service: no record
         record = read_json(store, audit_key(name, serial))
     recorded = record is not None and record.get("sha256Fingerprint") == fingerprint
-    return Target("fingerprint", fingerprint, (serial,), name if recorded else None, keys)
+    return Target("fingerprint", fingerprint, (serial,), name if recorded else None, keys, signer.fingerprint)
 
 
 def resolve(store: ObjectStore, selector: str, value: object, settings: Settings) -> Target:
     if selector == "serialNumber":
-        return _serial_target(store, value)
+        return _serial_target(store, value, settings)
     if selector == "registrationId":
         return _registration_target(store, value)
     if selector == "certificate":
@@ -548,23 +563,56 @@ def supersede(settings: Settings, record: Mapping[str, Any], effective_at: dt.da
     """A renewed device's earlier certificate (its audit record): revoked as superseded from `effective_at`."""
     serial = str(record["serialNumber"])
     found = _from_records("serial", serial, [dict(record)], str(record.get("registrationId")))
-    target = Target("serial", serial, (serial,), found.registration_id, found.public_keys)
+    target = Target("serial", serial, (serial,), found.registration_id, found.public_keys, found.issuer)
     return _record(open_data_store(settings), settings, target, "superseded", now, effective_at)[0]
+
+
+CLAIMS = "revocation-targets/"
+
+
+def _claim_key(target: Target) -> str:
+    """One claim per revoked thing: its digest, so any target spells a valid storage key."""
+    return f"{CLAIMS}{hashlib.sha256(f'{target.kind}:{target.value}'.encode()).hexdigest()}.json"
 
 
 def _record(
     store: ObjectStore, settings: Settings, target: Target, reason: str, now: dt.datetime, effective_at: dt.datetime
 ) -> tuple[Revocation, bool]:
-    existing = load_revocations(settings, fresh=True).find(target.kind, target.value)
-    if existing is not None:
-        if existing.reason != reason:
-            raise Conflict(
-                f"already revoked as {existing.id} ({existing.reason}); a certificateHold entry can be deleted "
-                "and revoked again with another reason, other reasons are permanent",
-                code="already_revoked",
-            )
-        return existing, False
-    entry = Revocation(
+    """The entry for `target`: made once, whatever the concurrency.
+
+    A claim object per target is created atomically first; every writer then converges on the entry
+    id it names. If a writer died between the claim and the entry, the next one writes the entry.
+    """
+    existing = load_revocations(settings, fresh=True).find(target.kind, target.value)  # entries made before claims
+    if existing is None:
+        candidate = _entry(target, reason, now, effective_at)
+        claim = _claim_key(target)
+        store.create(claim, json.dumps({"id": candidate.id}).encode())
+        claimed = read_json(store, claim)
+        entry_id = claimed.get("id") if claimed is not None else None
+        if not isinstance(entry_id, str) or not is_revocation_id(entry_id):
+            raise BackendUnavailable("a revocation claim is unreadable; retry")
+        entry = candidate if entry_id == candidate.id else replace(candidate, id=entry_id)
+        created = store.create(entry.key, json.dumps(entry.to_json(), indent=1).encode())
+        if created:
+            _view(store).invalidate()
+            log.info("revoked %s %s (%s) as %s", entry.kind, entry.value, entry.reason, entry.id)
+            return entry, entry_id == candidate.id
+        data = store.read(entry.key)
+        if data is None:
+            raise BackendUnavailable("revocation storage is inconsistent; retry")
+        existing = Revocation.from_json(data, entry.key)
+    if existing.reason != reason:
+        raise Conflict(
+            f"already revoked as {existing.id} ({existing.reason}); a certificateHold entry can be deleted "
+            "and revoked again with another reason, other reasons are permanent",
+            code="already_revoked",
+        )
+    return existing, False
+
+
+def _entry(target: Target, reason: str, now: dt.datetime, effective_at: dt.datetime) -> Revocation:
+    return Revocation(
         id=new_id(now),
         kind=target.kind,
         value=target.value,
@@ -573,12 +621,8 @@ def _record(
         serial_numbers=target.serial_numbers,
         registration_id=target.registration_id,
         public_keys=target.public_keys,
+        issuer=target.issuer,
     )
-    if not store.create(entry.key, json.dumps(entry.to_json(), indent=1).encode()):
-        raise BackendUnavailable("revocation id collision; retry")
-    _view(store).invalidate()
-    log.info("revoked %s %s (%s) as %s", entry.kind, entry.value, entry.reason, entry.id)
-    return entry, True
 
 
 def remove(settings: Settings, revocation_id: str) -> Revocation:
@@ -595,6 +639,7 @@ def remove(settings: Settings, revocation_id: str) -> Revocation:
             code="not_on_hold",
         )
     store.delete(key)
-    _view(store).invalidate()
+    store.delete(_claim_key(Target(entry.kind, entry.value)))  # after the entry: a crash between leaves a claim
+    _view(store).invalidate()  # that the next revocation of the target repairs
     log.info("removed hold %s on %s %s", entry.id, entry.kind, entry.value)
     return entry

@@ -83,17 +83,45 @@ _SETTINGS = (
     "AzureWebJobsStorage",
     "AzureWebJobsStorage__blobServiceUri",
     "Location",
+    "WEBSITE_INSTANCE_ID",
 )
 _lock = threading.Lock()
 _opened: dict[tuple[str | None, ...], ObjectStore] = {}
 
 
+RUNNING_IN_AZURE = "WEBSITE_INSTANCE_ID"  # set by App Service / Azure Functions on every instance
+_BLOB_ACCOUNT_SETTINGS = (
+    "DataBlobConnectionString",
+    "DataBlobAccountUrl",
+    "BlobConnectionString",
+    "BlobAccountUrl",
+    "AzureWebJobsStorage",
+    "AzureWebJobsStorage__blobServiceUri",
+)
+
+
 def data_store_kind(settings: Settings) -> str:
-    """`DataStore` if set; else Blob when the CA itself is in Blob storage, File otherwise."""
+    """`DataStore` if set; else Blob when the CA is in Blob storage or the app runs in Azure; File otherwise.
+
+    In Azure the File store would be each instance's own disk (read-only under run-from-package,
+    ephemeral, and different on every instance): audit records, reports and revocations would be
+    split across instances or lost. There the default is Blob on the runtime's own storage account,
+    and with no account to use the service refuses, saying so, rather than write where nothing lasts.
+    """
     value = settings.get("DataStore")
     if value is None:
         location = (settings.get("Location") or "").lower()
-        return "blob" if location in ("2", "blob") else "file"
+        if location in ("2", "blob"):
+            return "blob"
+        if settings.get(RUNNING_IN_AZURE) is None:
+            return "file"
+        if any(settings.get(name) for name in _BLOB_ACCOUNT_SETTINGS):
+            return "blob"
+        raise ConfigurationError(
+            "setting DataStore is not set and this app runs in Azure, where the File store would be each "
+            "instance's own, temporary disk: set DataStore=Blob and DataBlobAccountUrl (managed identity) or "
+            "DataBlobConnectionString"
+        )
     if value.lower() not in _STORES:
         raise ConfigurationError("setting DataStore: use File or Blob")
     return value.lower()

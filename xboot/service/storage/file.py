@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from pathlib import Path
 from urllib.parse import quote, unquote
 
@@ -16,6 +17,26 @@ from xboot.service.settings import Settings
 from xboot.service.storage import check_key
 
 DEFAULT_DIRECTORY = ".xboot-data"
+TEMPORARY_PREFIX = ".tmp-"
+ABANDONED_SECONDS = 600  # a temporary file lives microseconds; one this old was left by a killed writer
+
+
+def _sync_directory(directory: Path) -> None:
+    """fsync a folder, so that a name just linked or renamed into it survives a power loss."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _remove_if_abandoned(path: Path) -> None:
+    """Temporary files a killed process left behind (never a live write's): removed as listings pass them."""
+    try:
+        if time.time() - path.stat().st_mtime > ABANDONED_SECONDS:
+            path.unlink()
+    except OSError:
+        pass  # another lister removed it first, or it is not ours to remove
 
 
 def _segment(name: str) -> str:
@@ -30,8 +51,10 @@ class FileStore:
         return self.root.joinpath(*(_segment(s) for s in check_key(key).split("/")))
 
     def _temporary(self, path: Path, data: bytes) -> str:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        if not path.parent.is_dir():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _sync_directory(path.parent.parent)  # the new folder's entry must survive too
+        fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=TEMPORARY_PREFIX)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
@@ -39,16 +62,18 @@ class FileStore:
         return temporary
 
     def create(self, key: str, data: bytes) -> bool:
+        """Durable before it returns True: the file's data, then its name in the folder, are fsynced."""
         path = self._path(key)
         try:
             temporary = self._temporary(path, data)
             try:
                 os.link(temporary, path)  # atomic, and fails if the object exists
-                return True
             except FileExistsError:
                 return False
             finally:
                 os.unlink(temporary)
+            _sync_directory(path.parent)
+            return True
         except OSError as error:
             raise BackendUnavailable(f"data directory is not writable ({error.strerror})") from None
 
@@ -56,6 +81,7 @@ class FileStore:
         path = self._path(key)
         try:
             os.replace(self._temporary(path, data), path)
+            _sync_directory(path.parent)
         except OSError as error:
             raise BackendUnavailable(f"data directory is not writable ({error.strerror})") from None
 
@@ -80,7 +106,10 @@ class FileStore:
             return []
         keys: list[str] = []
         for path in base.rglob("*"):
-            if path.is_file() and not path.name.startswith(".tmp-"):
+            if path.name.startswith(TEMPORARY_PREFIX):
+                _remove_if_abandoned(path)
+                continue
+            if path.is_file():
                 relative = "/".join(unquote(p) for p in path.relative_to(self.root).parts)
                 if relative.startswith(prefix) and (after is None or relative > after):
                     keys.append(relative)
