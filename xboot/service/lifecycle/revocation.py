@@ -587,21 +587,21 @@ def _record(
     if existing is None:
         candidate = _entry(target, reason, now, effective_at)
         claim = _claim_key(target)
-        store.create(claim, json.dumps({"id": candidate.id}).encode())
+        ours = store.create(claim, json.dumps({"id": candidate.id}).encode())  # this call makes the entry
         claimed = read_json(store, claim)
         entry_id = claimed.get("id") if claimed is not None else None
         if not isinstance(entry_id, str) or not is_revocation_id(entry_id):
             raise BackendUnavailable("a revocation claim is unreadable; retry")
         entry = candidate if entry_id == candidate.id else replace(candidate, id=entry_id)
-        created = store.create(entry.key, json.dumps(entry.to_json(), indent=1).encode())
-        if created:
+        if store.create(entry.key, json.dumps(entry.to_json(), indent=1).encode()):
             _view(store).invalidate()
             log.info("revoked %s %s (%s) as %s", entry.kind, entry.value, entry.reason, entry.id)
-            return entry, entry_id == candidate.id
         data = store.read(entry.key)
         if data is None:
             raise BackendUnavailable("revocation storage is inconsistent; retry")
         existing = Revocation.from_json(data, entry.key)
+        if ours and existing.reason == reason:
+            return existing, True  # whoever wrote the entry's bytes, this call's claim made it
     if existing.reason != reason:
         raise Conflict(
             f"already revoked as {existing.id} ({existing.reason}); a certificateHold entry can be deleted "
