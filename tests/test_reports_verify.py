@@ -176,9 +176,9 @@ def test_the_trusted_root_embedded_off_the_path_does_not_help(guide_pki):
     assert caught.value.code == "chain_invalid" and "as issued by CN=ROOT" in caught.value.message
 
 
-def test_a_self_signed_signer_is_untrusted(guide_pki):
+def test_a_self_signed_ca_cannot_sign_reports(guide_pki):
     message = guide_pki.sign(report_bytes(), "other_root", None)
-    refused(message, anchors(guide_pki), "untrusted")
+    assert "is a CA certificate" in refused(message, anchors(guide_pki), "certificate_invalid")
 
 
 def test_an_expired_gateway_is_refused_at_receipt_time(guide_pki):
@@ -309,6 +309,8 @@ def test_path_search_is_bounded_when_certificates_share_names_and_keys(monkeypat
             .not_valid_before(now - dt.timedelta(days=1))
             .not_valid_after(now + dt.timedelta(days=1))
             .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
         )
         return builder.sign(ca_key, hashes.SHA256())
 

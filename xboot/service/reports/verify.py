@@ -13,20 +13,25 @@ on certificates of a path whose links all verified.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hmac
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import TypeVar
 
 from asn1crypto import cms, core
+from asn1crypto import x509 as asn1_x509
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from xboot.errors import BadRequest, Unprocessable, XbootError
-from xboot.pki import UNDECODABLE_EXTENSION, common_name, sha256_fingerprint
+from xboot.pki import UNDECODABLE_EXTENSION, PublicKey, common_name, sha256_fingerprint
+from xboot.service.reports import names
 from xboot.service.reports.smime import SignedMessage
 from xboot.service.reports.trust import TrustAnchors
 
@@ -59,6 +64,16 @@ _SIGNATURES: dict[str, tuple[str, str | None]] = {
     "1.2.840.113549.1.1.13": ("rsa-pkcs1", "2.16.840.1.101.3.4.2.3"),
     _RSA_PSS: ("rsa-pss", None),
 }
+# Where this validator is more lenient than RFC 5280 and common verifiers, and why: only what the
+# report-signing guide's openssl steps produce, which real gateways carry.
+#   1. X.509 v1 signer certificates (`openssl x509 -req` without -extfile makes v1 on OpenSSL 3.0/3.1):
+#      no extensions, so none of the v3 rules (AKI, SKI, keyUsage, EKU) can apply to them.
+#   2. basicConstraints CA:TRUE not marked critical on CAs (the guide's ca-config.ext).
+#   3. CAs without keyUsage (a root made by `openssl req -x509` has none): keyCertSign is required only
+#      when keyUsage is present.
+# Everything else is refused as RFC 5280 requires: see _check_profile, _check_signer, _check_issuer.
+LENIENCY = ("v1 signer certificates", "non-critical basicConstraints on CAs", "CAs without keyUsage")
+MAX_SERIAL_BITS = 159  # 20 octets of a positive DER INTEGER
 # Critical extensions this validator acts on (or that carry no constraint for it).
 _UNDERSTOOD = (
     x509.BasicConstraints,
@@ -67,6 +82,7 @@ _UNDERSTOOD = (
     x509.SubjectAlternativeName,
     x509.SubjectKeyIdentifier,
     x509.AuthorityKeyIdentifier,
+    x509.NameConstraints,
 )
 _SIGNER_USAGES = (
     ExtendedKeyUsageOID.EMAIL_PROTECTION,
@@ -221,15 +237,15 @@ def _scheme(parsed: ParsedCms) -> _Scheme:
     return _Scheme(name, digest, pss.salt_length)
 
 
-def _check_key(certificate: x509.Certificate, role: str) -> None:
+def _check_key(certificate: x509.Certificate, role: str) -> PublicKey:
     try:
         key = certificate.public_key()
     except (UnsupportedAlgorithm, ValueError):
         raise _refused("unsupported_algorithm", f"the {role} certificate has an unsupported public key") from None
     if isinstance(key, rsa.RSAPublicKey) and key.key_size >= MIN_RSA_BITS:
-        return
+        return key
     if isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, EC_CURVES):
-        return
+        return key
     raise _refused(
         "unsupported_algorithm", f"the {role} certificate's key must be RSA-{MIN_RSA_BITS}+ or EC P-256/P-384/P-521"
     )
@@ -256,8 +272,15 @@ def _name(certificate: x509.Certificate) -> str:
     return name if len(name) <= 160 else name[:157] + "..."
 
 
-def _extensions(certificate: x509.Certificate) -> x509.Extensions:
-    """The extensions, refusing malformed ones and critical ones this validator would ignore."""
+ExtensionTable = Mapping[type, x509.Extension[x509.ExtensionType]]
+
+
+@functools.lru_cache(maxsize=512)
+def _extensions(certificate: x509.Certificate) -> ExtensionTable:
+    """The extensions by type, refusing malformed ones and critical ones this validator would ignore.
+
+    Built once per certificate (a gateway's chain repeats on every report): every rule reads this table.
+    """
     try:
         extensions = certificate.extensions
     except UNDECODABLE_EXTENSION:
@@ -268,14 +291,65 @@ def _extensions(certificate: x509.Certificate) -> x509.Extensions:
                 "certificate_invalid",
                 f"certificate {_name(certificate)} has an unsupported critical extension {extension.oid.dotted_string}",
             )
-    return extensions
+    return MappingProxyType({type(extension.value): extension for extension in extensions})
 
 
-def _extension(extensions: x509.Extensions, kind: type[T]) -> T | None:
-    try:
-        return extensions.get_extension_for_class(kind).value  # type: ignore[arg-type]
-    except x509.ExtensionNotFound:
-        return None
+def _extension(extensions: ExtensionTable, kind: type[T]) -> T | None:
+    found = extensions.get(kind)
+    return None if found is None else found.value  # type: ignore[return-value]
+
+
+def _explicit_curve(certificate: x509.Certificate) -> bool:
+    """An EC key given with explicit curve parameters (the CurveBall shape); `cryptography` would quietly
+    treat a matching set as the named curve, so the certificate's own encoding is read."""
+    return _explicit_curve_der(certificate.public_bytes(Encoding.DER))
+
+
+@functools.lru_cache(maxsize=1024)
+def _explicit_curve_der(der: bytes) -> bool:
+    """Per DER encoding: a gateway's chain repeats on every report, and a fleet shares its CAs."""
+    tbs = asn1_x509.Certificate.load(der)["tbs_certificate"]
+    return str(tbs["subject_public_key_info"]["algorithm"]["parameters"].name) != "named"
+
+
+def _check_profile(
+    certificate: x509.Certificate, key: PublicKey, role: str, extensions: ExtensionTable, ca: bool
+) -> None:
+    """RFC 5280's structural rules for one certificate of the path (v1 signers: LENIENCY 1)."""
+    name = _name(certificate)
+    if not certificate.serial_number > 0 or certificate.serial_number.bit_length() > MAX_SERIAL_BITS:
+        raise _refused("certificate_invalid", f"the {role} certificate {name} has a zero, negative or over-long serial")
+    if not len(certificate.issuer):
+        raise _refused("certificate_invalid", f"the {role} certificate {name} has an empty issuer name")
+    if not len(certificate.subject) and (ca or _extension(extensions, x509.SubjectAlternativeName) is None):
+        raise _refused("certificate_invalid", f"the {role} certificate has an empty subject name")
+    if isinstance(key, rsa.RSAPublicKey) and key.key_size % 8:
+        raise _refused("certificate_invalid", f"the {role} certificate {name} has an RSA modulus of odd length")
+    if isinstance(key, ec.EllipticCurvePublicKey) and _explicit_curve(certificate):
+        raise _refused("certificate_invalid", f"the {role} certificate {name} gives explicit EC curve parameters")
+    if certificate.version is not x509.Version.v3:
+        return
+    for kind in (x509.SubjectKeyIdentifier, x509.AuthorityKeyIdentifier):
+        found = extensions.get(kind)
+        if found is not None and found.critical:
+            raise _refused("certificate_invalid", f"the {role} certificate {name} marks {kind.__name__} critical")
+    subject_key = _extension(extensions, x509.SubjectKeyIdentifier)
+    authority_key = _extension(extensions, x509.AuthorityKeyIdentifier)
+    if ca and subject_key is None:
+        raise _refused("certificate_invalid", f"the CA certificate {name} has no subjectKeyIdentifier")
+    if authority_key is None and not _self_issued(certificate):
+        raise _refused("certificate_invalid", f"the {role} certificate {name} has no authorityKeyIdentifier")
+    if (
+        _self_issued(certificate)
+        and authority_key is not None
+        and authority_key.key_identifier is not None
+        and subject_key is not None
+        and authority_key.key_identifier != subject_key.digest
+    ):
+        raise _refused("certificate_invalid", f"the self-issued certificate {name}'s AKI does not match its SKI")
+    policy = extensions.get(x509.PolicyConstraints)
+    if policy is not None and not policy.critical:
+        raise _refused("certificate_invalid", f"the {role} certificate {name} has a non-critical policyConstraints")
 
 
 def _check_validity(certificate: x509.Certificate, role: str, now: dt.datetime) -> None:
@@ -285,10 +359,16 @@ def _check_validity(certificate: x509.Certificate, role: str, now: dt.datetime) 
         raise _refused("certificate_invalid", f"the {role} certificate {_name(certificate)} has expired")
 
 
-def _check_signer(certificate: x509.Certificate, now: dt.datetime) -> None:
+def _check_signer(certificate: x509.Certificate, key: PublicKey, now: dt.datetime) -> None:
     _check_validity(certificate, "signer", now)
     extensions = _extensions(certificate)
+    _check_profile(certificate, key, "signer", extensions, ca=False)
+    constraints = _extension(extensions, x509.BasicConstraints)
     usage = _extension(extensions, x509.KeyUsage)
+    if (constraints is not None and constraints.ca) or (usage is not None and usage.key_cert_sign):
+        raise _refused(
+            "certificate_invalid", "the signer certificate is a CA certificate; reports are signed by leaves"
+        )
     if usage is not None and not (usage.digital_signature or usage.content_commitment):
         raise _refused("certificate_invalid", "the signer certificate's keyUsage does not allow digital signatures")
     purposes = _extension(extensions, x509.ExtendedKeyUsage)
@@ -319,8 +399,18 @@ def _check_issuer(
         weak = True
     if weak:
         raise _refused("chain_invalid", f"certificate {_name(child)} is signed with a weak hash")
-    _check_key(issuer, "issuer")
+    key = _check_key(issuer, "issuer")
     extensions = _extensions(issuer)
+    _check_profile(issuer, key, "issuer", extensions, ca=True)
+    wanted = _extension(_extensions(child), x509.AuthorityKeyIdentifier) if child.version is x509.Version.v3 else None
+    held = _extension(extensions, x509.SubjectKeyIdentifier)
+    if (
+        wanted is not None
+        and wanted.key_identifier is not None
+        and held is not None
+        and wanted.key_identifier != held.digest
+    ):
+        raise _refused("chain_invalid", f"certificate {_name(child)} names another issuer key than {_name(issuer)}'s")
     constraints = _extension(extensions, x509.BasicConstraints)
     if constraints is None or not constraints.ca:
         raise _refused("chain_invalid", f"issuer {_name(issuer)} is not a CA (basicConstraints CA:TRUE missing)")
@@ -466,8 +556,7 @@ def verify_path(
     The one path validation of the service: signed reports and enrollment attestations (birth certificates)
     both come here. Returns the path, signer first, and each certificate's SHA-256 fingerprint.
     """
-    _check_key(signer, "signer")
-    _check_signer(signer, now)
+    _check_signer(signer, _check_key(signer, "signer"), now)
     pool = [*certificates, *(c for c in anchors.certificates if c not in certificates)]
     if signer not in pool:
         pool.insert(0, signer)
@@ -476,7 +565,27 @@ def verify_path(
     if path is None:
         chain_failures = [f for f in builder.failures if f.code != "untrusted"]
         raise (chain_failures or builder.failures)[0]
+    _check_name_constraints(path)
     return tuple(path), tuple(builder.fingerprint(c) for c in path)
+
+
+def _check_name_constraints(path: list[x509.Certificate]) -> None:
+    """Each CA's nameConstraints bind every certificate below it on the path, self-issued intermediates aside."""
+    for index in range(1, len(path)):
+        constraints = _extension(_extensions(path[index]), x509.NameConstraints)
+        if constraints is None:
+            continue
+        for below in range(index):
+            if below and _self_issued(path[below]):
+                continue
+            certificate = path[below]
+            alternative = _extension(_extensions(certificate), x509.SubjectAlternativeName)
+            try:
+                names.check(
+                    names.names_of(certificate, alternative), constraints, _name(certificate), _name(path[index])
+                )
+            except names.NameConstraintViolation as violation:
+                raise _refused("chain_invalid", str(violation)) from None
 
 
 def verify_signed_report(message: SignedMessage, anchors: TrustAnchors, now: dt.datetime) -> Verification:
