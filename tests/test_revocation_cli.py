@@ -16,6 +16,7 @@ import pytest
 import waitress
 from cryptography import x509
 
+from tests.fixtures.report_pki import fingerprint_of
 from tests.helpers import CliRunner, openssl
 from xboot.cli.common import EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_VERIFICATION
 from xboot.device import XbootClient
@@ -91,7 +92,7 @@ def test_revoke_by_certificate_file_blocks_renewal_with_its_key(cli: CliRunner, 
     assert again["duplicate"] is True and again["id"] == entry["id"]
 
 
-def test_human_output_of_revoke_list_and_certificates(cli: CliRunner, tmp_path: Path) -> None:
+def test_human_output_of_revoke_list_and_certificates(cli: CliRunner, tmp_path: Path, session_ca) -> None:
     enrolled = enroll(cli, tmp_path / "device", "cli-dev-3")
     code, out, err = cli("revoke", *cli.admin, "--serial", enrolled["serialNumber"].lower(), "--reason", "superseded")
     assert code == EXIT_OK and out.startswith("revoked: ") and "superseded" in out and "device cli-dev-3" in out
@@ -100,7 +101,13 @@ def test_human_output_of_revoke_list_and_certificates(cli: CliRunner, tmp_path: 
     code, out, err = cli("revoke", *cli.admin, "--fingerprint", "AB" * 32)
     assert code == EXIT_OK and "not in the CRL" in err
     code, out, _ = cli("revoke", *cli.admin, "--list")
-    assert code == EXIT_OK and len(out.strip().splitlines()) == 3 and "ABC" in out
+    lines = out.strip().splitlines()
+    entries, counts = [line for line in lines if not line.startswith("  ")], [line.strip() for line in lines[3:]]
+    assert code == EXIT_OK and len(entries) == 3 and "ABC" in out
+    # Counted per CA: the two serials are this CA's (by its fingerprint), the bare fingerprint is nobody's.
+    assert sorted(counts) == sorted(
+        [f"2 entries: {fingerprint_of(session_ca.certificate)}", "1 entries: no CA (by fingerprint)"]
+    )
     code, out, _ = cli("certificates", *cli.admin, "--registration-id", "cli-dev-3")
     assert code == EXIT_OK and enrolled["serialNumber"] in out and "revoked (superseded)" in out
     code, out, _ = cli("certificates", *cli.admin, "--registration-id", "nobody")
