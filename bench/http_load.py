@@ -21,7 +21,7 @@ from typing import Any
 
 from bench.material import make_csrs
 from bench.timing import percentile
-from tests.fixtures.live_server import clean_environment, free_port, wait_for_port
+from tests.fixtures.live_server import clean_environment, wait_for_serving
 
 ROOT = Path(__file__).resolve().parent.parent
 CONCURRENCY = (1, 8, 64)
@@ -32,17 +32,16 @@ class Server:
     """`python -m xboot serve` in its own process group, stopped by its process id."""
 
     def __init__(self, work: Path) -> None:
-        self.port = free_port()
         self.log = work / "serve.log"
         env = clean_environment({"DataDirectory": str(work / "data")})
         with self.log.open("wb") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "xboot", "serve", "--app-dir", str(ROOT), "--port", str(self.port),
+                [sys.executable, "-m", "xboot", "serve", "--app-dir", str(ROOT), "--port", "0",
                  "--threads", str(SERVER_THREADS)],
                 cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )  # fmt: skip
         try:
-            wait_for_port(self.process, self.port, self.log, timeout=60)
+            self.port = wait_for_serving(self.process, self.log, timeout=60)
         except RuntimeError:
             self.stop()
             raise

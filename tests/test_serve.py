@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import function_app
-from tests.fixtures.live_server import clean_environment, free_port, wait_for_port
+from tests.fixtures.live_server import clean_environment, wait_for_serving
 from tests.helpers import openssl
 from xboot.service.serve import RouteTable
 
@@ -20,16 +20,15 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def start_serve(tmp_path: Path, *args: str) -> tuple[subprocess.Popen, str]:
     """`xboot serve` with no Location at all: the development CA default the README's first command shows."""
-    port = free_port()
     log_path = tmp_path / "serve.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "xboot", "serve", "--port", str(port), "--app-dir", str(ROOT), *args],
+            [sys.executable, "-m", "xboot", "serve", "--port", "0", "--app-dir", str(ROOT), *args],
             env=clean_environment({"DataDirectory": str(tmp_path / "data")}),
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-    wait_for_port(process, port, log_path, timeout=20)
+    port = wait_for_serving(process, log_path, timeout=20)
     return process, f"http://127.0.0.1:{port}"
 
 
@@ -112,3 +111,21 @@ def test_route_table_is_the_apps_own():
     route, _, _ = table.match("POST", "/api/certificate")
     assert route is not None and route.name == "certificate" and route.auth_level == "function"
     assert table.match("GET", "/api/certificate")[2] == {"POST"}
+
+
+def test_a_busy_port_is_one_clear_line_and_a_non_zero_exit(tmp_path: Path):
+    (tmp_path / "first").mkdir()
+    first, url = start_serve(tmp_path / "first")
+    try:
+        port = url.rsplit(":", 1)[1]
+        second = subprocess.run(
+            [sys.executable, "-m", "xboot", "serve", "--port", port, "--app-dir", str(ROOT)],
+            env=clean_environment({"DataDirectory": str(tmp_path / "second")}), capture_output=True, text=True,
+            timeout=60,
+        )  # fmt: skip
+        assert second.returncode == 1
+        assert f"error: cannot listen on 127.0.0.1:{port}: it is in use" in second.stderr
+        assert "Traceback" not in second.stderr and "xboot serving on" not in second.stderr
+    finally:
+        first.terminate()
+        first.wait(10)

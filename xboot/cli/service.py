@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import hashlib
 import itertools
 import json
@@ -90,7 +91,7 @@ def _announce_enrollment_authorization() -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     try:
-        from xboot.service.serve import FunctionsWsgiApp, Keys, load_routes, run
+        from xboot.service.serve import FunctionsWsgiApp, Keys, create_server, load_routes
     except ImportError as error:
         print(f"error: {SERVICE_EXTRAS} ({error.name} is missing)", file=sys.stderr)
         return 1
@@ -119,8 +120,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "auth levels are not enforced (like Core Tools); pass --function-key/--admin-key to enforce",
             file=sys.stderr,
         )
-    print(f"xboot serving on http://{args.host}:{args.port} with {args.threads} threads", file=sys.stderr)
-    run(FunctionsWsgiApp(table, keys), args.host, args.port, args.threads)
+    try:
+        server = create_server(FunctionsWsgiApp(table, keys), args.host, args.port, args.threads)
+    except OSError as error:
+        reason = "it is in use (another xboot serve or func start?)" if error.errno == errno.EADDRINUSE else (
+            error.strerror or str(error))  # fmt: skip
+        print(f"error: cannot listen on {args.host}:{args.port}: {reason}", file=sys.stderr)
+        return 1
+    print(f"xboot serving on http://{args.host}:{server.effective_port} with {args.threads} threads", file=sys.stderr)
+    server.run()
     return 0
 
 

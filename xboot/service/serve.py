@@ -256,7 +256,3 @@ def create_server(app: FunctionsWsgiApp, host: str, port: int, threads: int) -> 
     )
     server.channel_class = json_error_channel()
     return server
-
-
-def run(app: FunctionsWsgiApp, host: str, port: int, threads: int) -> None:
-    create_server(app, host, port, threads).run()
