@@ -2,12 +2,14 @@
 
 import azure.functions as func
 
+from xboot import logs
 from xboot.service.enrollment.authorization import function_key_accepted
-from xboot.service.http import enrollment, est, lifecycle, reports, trust
+from xboot.service.http import enrollment, est, health, lifecycle, reports, trust
 from xboot.service.http.edge import respond
 from xboot.service.settings import Settings
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
+logs.quiet_libraries(logs.level())  # the host sets the format and its own levels; the SDKs stay quiet
 
 # The enrollment routes keep the host's function-key check only while EnrollmentAuthorization accepts
 # FunctionKey; otherwise they are anonymous at the host and xboot authorizes every request itself (DPS
@@ -145,3 +147,9 @@ def issued_certificates(req: func.HttpRequest) -> func.HttpResponse:
 @app.route(route="crl", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
 def crl(req: func.HttpRequest) -> func.HttpResponse:
     return respond(lambda: lifecycle.get_crl(Settings.from_environ()))
+
+
+# Health for Azure's health check, a load balancer or a smoke test: names and dates only, no secrets, no paths.
+@app.route(route="health", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+def health_check(req: func.HttpRequest) -> func.HttpResponse:
+    return respond(lambda: health.health(Settings.from_environ()))

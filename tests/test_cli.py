@@ -366,12 +366,22 @@ def test_trust_set_add_get(cli: Cli) -> None:
     root = cli.server.ca.root_certificate
     root_fp = cli.json("fingerprint", str(root))[0]["sha256Fingerprint"]
     other = "BB:EA:2A:13:C7:21:DB:E0:01:37:07:58:5B:ED:85:09:47:D7:FF:8F:BF:9E:E4:65:9C:C3:BA:14:E3:7C:DD:D6"
-    assert cli.json("trust", "set", *cli.admin, "--cert", str(root)) == {"value": [root_fp]}
-    assert cli.json("trust", "add", *cli.admin, other.lower().replace(":", "")) == {"value": [root_fp, other]}
+    trusted = {"issuingCaTrusted": True}  # TrustIssuingCa's default, said beside the list
+    assert cli.json("trust", "set", *cli.admin, "--cert", str(root)) == {"value": [root_fp], **trusted}
+    assert cli.json("trust", "add", *cli.admin, other.lower().replace(":", "")) == {
+        "value": [root_fp, other],
+        **trusted,
+    }
     code, out, _ = cli("trust", "get", *cli.admin)
-    assert code == EXIT_OK and out.split() == [root_fp, other]
-    assert cli.json("trust", "set", *cli.admin, other) == {"value": [other]}
-    assert cli.json("trust", "get", "--url", cli.server.url, expect=EXIT_USAGE)["message"].startswith("--admin-key")
+    assert code == EXIT_OK and out.splitlines() == [
+        root_fp,
+        other,
+        "this service's own issuing CA is trusted too (TrustIssuingCa)",
+    ]
+    assert cli.json("trust", "set", *cli.admin, other) == {"value": [other], **trusted}
+    # No admin key: sent without one; this server enforces keys, so 401 and where the key goes.
+    missing = cli.json("trust", "get", "--url", cli.server.url, expect=EXIT_REFUSED)
+    assert missing["status"] == 401 and "--admin-key or XBOOT_ADMIN_KEY" in missing["message"]
     refused = cli.json(
         "trust", "get", "--url", cli.server.url, "--admin-key", str(cli.server.function_key), expect=EXIT_REFUSED
     )

@@ -197,11 +197,28 @@ def test_4xx_is_not_retried_and_names_status_code_and_message(scripted) -> None:
     assert "fk" not in caught.value.message
 
 
-def test_non_json_error_bodies_are_shown_as_text(scripted) -> None:
+def test_a_non_xboot_answer_is_named_not_echoed(scripted) -> None:
     url, script = scripted
     script.replies = [(502, {"Content-Type": "text/html"}, b"<html>Bad Gateway\n</html>")]
-    with pytest.raises(ServerUnavailable, match="502: <html>Bad Gateway </html>"):
+    with pytest.raises(
+        ServerUnavailable, match=r"502: the answer is not xboot's JSON \(text/html, 25 bytes\): is --url"
+    ) as caught:
         XbootClient(url, retry=RetryPolicy(attempts=1)).upload_report(b"x", "system")
+    assert "<html>" not in str(caught.value)
+
+
+def test_a_name_that_does_not_resolve_is_not_retried() -> None:
+    sleeps: list[float] = []
+    client = XbootClient("http://no-such-host.invalid", retry=RetryPolicy(attempts=5), sleep=sleeps.append)
+    with pytest.raises(ServerUnavailable, match=r"cannot resolve no-such-host\.invalid: check --url"):
+        client.upload_report(b"x", "system")
+    assert sleeps == []
+
+
+@pytest.mark.parametrize("url", ["localhost:7071", "ftp://x", "127.0.0.1"])
+def test_a_url_without_http_says_what_it_needs(url) -> None:
+    with pytest.raises(ClientError, match=r"--url must be the service's http:// or https:// address, for example"):
+        XbootClient(url)
 
 
 def test_keys_travel_in_the_header_function_for_devices_admin_for_trust(scripted) -> None:

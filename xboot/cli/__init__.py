@@ -9,10 +9,9 @@ on stderr, print a result (text, or JSON with --json) and turn errors into exit 
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
-from xboot import __version__
+from xboot import __version__, logs
 from xboot.cli import device, operator, service
 from xboot.cli.common import json_option, network_options
 
@@ -64,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure()
     parser = build_parser()
     args = parser.parse_args(join_dash_values(sys.argv[1:] if argv is None else argv, parser))
     return int(args.handler(args))

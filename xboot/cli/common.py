@@ -73,6 +73,9 @@ def exit_code(error: Exception) -> int:
     return EXIT_LOCAL
 
 
+KEY_HINT = "keys: --code or XBOOT_FUNCTION_KEY for device routes, --admin-key or XBOOT_ADMIN_KEY for admin routes"
+
+
 def client_command(handler: Callable[[argparse.Namespace, Output], int]) -> Callable[[argparse.Namespace], int]:
     """Run a device/operator command: errors become a message (or JSON) and an exit code, never a traceback."""
 
@@ -83,6 +86,8 @@ def client_command(handler: Callable[[argparse.Namespace, Output], int]) -> Call
         except (ClientError, UsageError) as error:
             code = exit_code(error)
             message = getattr(error, "message", str(error))
+            if isinstance(error, ServerRefused) and error.status == 401 and error.code == "unauthorized":
+                message += f" ({KEY_HINT})"
             if out.as_json:
                 document = {"error": getattr(error, "code", None) or type(error).__name__, "message": message}
                 document.update({"status": getattr(error, "status", None), "exitCode": code})
@@ -95,7 +100,7 @@ def client_command(handler: Callable[[argparse.Namespace, Output], int]) -> Call
 
 
 def make_client(
-    args: argparse.Namespace, out: Output, admin: bool = False, on_retry: Callable[[RetryNotice], None] | None = None
+    args: argparse.Namespace, out: Output, on_retry: Callable[[RetryNotice], None] | None = None
 ) -> XbootClient:
     """An XbootClient from --url/--code/--admin-key/--timeout/--retries; keys never printed."""
     if not args.url:
@@ -103,9 +108,9 @@ def make_client(
     base, code_in_url = split_service_url(args.url)
     if not is_loopback_or_https(base):
         out.warn(f"{base} is plain HTTP: keys and certificates cross the network unencrypted")
+    # Sent when given; a server that enforces no keys (xboot serve by default) answers without one, and one
+    # that does says 401, which client_command turns into where the key goes.
     admin_key = getattr(args, "admin_key", None) or os.environ.get("XBOOT_ADMIN_KEY")
-    if admin and not admin_key:
-        raise UsageError("--admin-key (or XBOOT_ADMIN_KEY) is required for the admin API")
     function_key = getattr(args, "code", None) or code_in_url or os.environ.get("XBOOT_FUNCTION_KEY")
 
     def notice(n: RetryNotice) -> None:

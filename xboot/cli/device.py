@@ -243,7 +243,9 @@ def add_commands(
 
     upload = commands.add_parser("upload-report", parents=[network, code, as_json], help="upload a signed report")
     upload.add_argument("signed", help="a signed report from sign-report (or openssl cms -sign)")
-    upload.add_argument("--kind", required=True, choices=("system", "update"), help="system or update report")
+    upload.add_argument(
+        "--kind", default="system", choices=("system", "update"), help="system (default) or update report"
+    )
     upload.set_defaults(handler=client_command(cmd_upload_report))
 
     fingerprint = commands.add_parser("fingerprint", parents=[as_json], help="SHA-256 fingerprints of certificates")

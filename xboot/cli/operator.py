@@ -28,7 +28,7 @@ def _wanted_fingerprints(args: argparse.Namespace) -> list[str]:
 
 
 def cmd_trust(args: argparse.Namespace, out: Output) -> int:
-    client = make_client(args, out, admin=True)
+    client = make_client(args, out)
     if args.action == "get":
         values = client.trusted_fingerprints()
     elif args.action == "set":
@@ -36,7 +36,10 @@ def cmd_trust(args: argparse.Namespace, out: Output) -> int:
     else:  # add: read, merge, write (the API only replaces the whole list)
         current = client.trusted_fingerprints()
         values = client.set_trusted_fingerprints(list(dict.fromkeys([*current, *_wanted_fingerprints(args)])))
-    out.result({"value": values}, "\n".join(values) if values else "(no trusted fingerprints)")
+    issuing_ca = client.issuing_ca_trusted()
+    note = "this service's own issuing CA is trusted too (TrustIssuingCa)" if issuing_ca else ""
+    text = "\n".join(values) if values else "(no fingerprints in the list)"
+    out.result({"value": values, "issuingCaTrusted": issuing_ca}, f"{text}\n{note}".rstrip())
     return EXIT_OK
 
 
@@ -51,7 +54,7 @@ def _revocation_line(entry: dict[str, Any]) -> str:
 
 
 def cmd_revoke(args: argparse.Namespace, out: Output) -> int:
-    client = make_client(args, out, admin=True)
+    client = make_client(args, out)
     if args.list:
         entries = client.revocations()
         lines = [_revocation_line(e) for e in entries]
@@ -86,7 +89,7 @@ def cmd_revoke(args: argparse.Namespace, out: Output) -> int:
 
 
 def cmd_unrevoke(args: argparse.Namespace, out: Output) -> int:
-    entry = make_client(args, out, admin=True).remove_revocation(args.id)
+    entry = make_client(args, out).remove_revocation(args.id)
     out.result(entry, f"hold removed: {entry.get('kind')} {entry.get('value')} is no longer revoked")
     return EXIT_OK
 
@@ -98,7 +101,7 @@ def _certificate_state(item: dict[str, Any]) -> str:
 
 
 def cmd_certificates(args: argparse.Namespace, out: Output) -> int:
-    document = make_client(args, out, admin=True).certificates(args.registration_id)
+    document = make_client(args, out).certificates(args.registration_id)
     items = sorted(document["certificates"], key=lambda c: str(c.get("issuedAt")), reverse=True)
     lines = [f"no certificates recorded for {args.registration_id}"]
     if items:

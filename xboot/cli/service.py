@@ -26,6 +26,10 @@ if TYPE_CHECKING:
     from xboot.service.ca.devca import DevelopmentCa
 
 DEFAULT_PORT = 7071
+# The keys `xboot serve` enforces. Distinct from the clients' XBOOT_FUNCTION_KEY / XBOOT_ADMIN_KEY, so that an
+# operator who exports a key for the CLI does not turn key checks on in a local server by accident.
+SERVE_FUNCTION_KEY = "XBOOT_SERVE_FUNCTION_KEY"
+SERVE_ADMIN_KEY = "XBOOT_SERVE_ADMIN_KEY"
 SERVICE_EXTRAS = "xboot serve needs the service's packages: pip install 'xboot[service]' (or scripts/setup)"
 
 
@@ -35,9 +39,14 @@ def load_local_settings(directory: Path) -> int:
     if not path.exists():
         return 0
     try:
-        values = json.loads(path.read_text(encoding="utf-8-sig")).get("Values", {})
+        document = json.loads(path.read_text(encoding="utf-8-sig"))
+        values = document.get("Values", {})
     except (ValueError, AttributeError):
         raise SystemExit(f"error: {path} is not valid JSON with a Values object") from None
+    misplaced = sorted(set(document) - {"IsEncrypted", "Values", "Host", "ConnectionStrings"})
+    if misplaced:  # func start ignores them too: say so instead of serving without them
+        print(f"warning: {path}: {', '.join(misplaced[:5])} must be inside \"Values\" to take effect; ignored",
+              file=sys.stderr)  # fmt: skip
     applied = 0
     for name, value in values.items():
         if name not in os.environ and value is not None:
@@ -71,22 +80,26 @@ def _key(option: str | None, variable: str) -> str | None:
     return option if option is not None else os.environ.get(variable)
 
 
-def _announce_enrollment_authorization() -> None:
-    """Which methods may enroll; loudly when the function key alone can (XBoot's behaviour)."""
-    from xboot.errors import ConfigurationError
-    from xboot.service.enrollment.authorization import accepted_methods
-    from xboot.service.enrollment.authorization.function_key import WARNING
+def _checks_pass() -> bool:
+    """The CA, the data store and enrollment authorization, checked before listening: one line each."""
+    from xboot.service.health import run_checks
     from xboot.service.settings import Settings
 
-    try:
-        methods = accepted_methods(Settings.from_environ())
-    except ConfigurationError as error:
-        print(f"error: {error.message}", file=sys.stderr)
-        raise SystemExit(2) from None
-    print(f"enrollment authorization: {', '.join(m.name for m in methods)}", file=sys.stderr)
-    if any(m.name == "FunctionKey" for m in methods):
+    checks = run_checks(Settings.from_environ())
+    for check in checks:
+        if not check.ok:
+            print(f"error: {check.name}: {check.message}", file=sys.stderr)
+    if not all(check.ok for check in checks):
+        return False
+    ca, store, enrollment = (check.details for check in checks)
+    print(f"CA ({ca['location']}): {ca['subject']}, SHA-256 {ca['sha256Fingerprint']}, valid until "
+          f"{ca['notAfter']} ({ca['daysLeft']} days)", file=sys.stderr)  # fmt: skip
+    print(f"data store: {store['kind']}", file=sys.stderr)
+    print(f"enrollment authorization: {', '.join(enrollment['methods'])}", file=sys.stderr)
+    if "warning" in enrollment:
         banner = "!" * 78
-        print(f"{banner}\n WARNING: {WARNING}\n{banner}", file=sys.stderr)
+        print(f"{banner}\n WARNING: {enrollment['warning']}\n{banner}", file=sys.stderr)
+    return True
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -97,6 +110,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 1
 
     directory = Path(args.app_dir).resolve()
+    missing = [name for name in ("function_app.py", "host.json") if not (directory / name).is_file()]
+    if missing:  # before anything is written: a development CA must not land in the wrong folder
+        print(f"error: {directory} is not the xboot app folder (no {' or '.join(missing)}); run from the "
+              "repository root or pass --app-dir", file=sys.stderr)  # fmt: skip
+        return 2
     os.chdir(directory)
     applied = load_local_settings(directory)
     if applied:
@@ -104,22 +122,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if not os.environ.get("Location"):
         use_development_ca()
     table = load_routes(directory)
-    _announce_enrollment_authorization()
+    if not _checks_pass():
+        return 1
     try:
-        keys = Keys(
-            function=_key(args.function_key, "XBOOT_FUNCTION_KEY"), admin=_key(args.admin_key, "XBOOT_ADMIN_KEY")
-        )
+        keys = Keys(function=_key(args.function_key, SERVE_FUNCTION_KEY), admin=_key(args.admin_key, SERVE_ADMIN_KEY))
     except ValueError as error:
-        print(f"error: {error} (--function-key/XBOOT_FUNCTION_KEY, --admin-key/XBOOT_ADMIN_KEY)", file=sys.stderr)
+        print(f"error: {error} (--function-key/{SERVE_FUNCTION_KEY}, --admin-key/{SERVE_ADMIN_KEY})", file=sys.stderr)
         return 2
     for route in table.routes:
         methods = ",".join(sorted(route.methods)) if route.methods else "ALL"
         print(f"  {route.name}: [{methods}] http://{args.host}:{args.port}{route.path}", file=sys.stderr)
-    if keys.function is None and keys.admin is None:
-        print(
-            "auth levels are not enforced (like Core Tools); pass --function-key/--admin-key to enforce",
-            file=sys.stderr,
-        )
+    print(keys.describe(), file=sys.stderr)
     try:
         server = create_server(FunctionsWsgiApp(table, keys), args.host, args.port, args.threads)
     except OSError as error:
@@ -136,7 +149,7 @@ def cmd_init_ca(args: argparse.Namespace) -> int:
     from xboot.service.ca.devca import create_development_ca
 
     try:
-        ca = create_development_ca(Path(args.directory), args.key_type)
+        ca = create_development_ca(Path(args.directory).resolve(), args.key_type)  # settings that work anywhere
     except FileExistsError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
@@ -264,8 +277,13 @@ def add_commands(
     serve.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
     serve.add_argument("--threads", type=int, default=8, help="worker threads (default 8)")
     serve.add_argument("--app-dir", default=".", help="folder holding function_app.py and host.json")
-    serve.add_argument("--function-key", help="require this key on FUNCTION routes (?code= or x-functions-key)")
-    serve.add_argument("--admin-key", help="require this key on ADMIN routes (also valid on FUNCTION routes)")
+    serve.add_argument(
+        "--function-key",
+        help=f"require this key on FUNCTION routes (?code= or x-functions-key; env {SERVE_FUNCTION_KEY})",
+    )
+    serve.add_argument(
+        "--admin-key", help=f"require this key on ADMIN routes, also valid on FUNCTION routes (env {SERVE_ADMIN_KEY})"
+    )
     serve.set_defaults(handler=cmd_serve)
 
     init_ca = commands.add_parser("init-ca", help="create a development root and issuing CA")

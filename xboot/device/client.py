@@ -73,6 +73,11 @@ class XbootClient(Transport):
         path = f"/api/mgmt/v1/tenant-config/{TRUST_SETTING}"
         return self._fingerprint_list(self._json(self.request("GET", path, admin=True), f"GET {path}"), path)
 
+    def issuing_ca_trusted(self) -> bool:
+        """Whether the service trusts its own issuing CA for reports beside the list (TrustIssuingCa)."""
+        path = f"/api/mgmt/v1/tenant-config/{TRUST_SETTING}"
+        return bool(self._object(self.request("GET", path, admin=True), f"GET {path}").get("issuingCaTrusted"))
+
     def set_trusted_fingerprints(self, fingerprints: Iterable[str]) -> list[str]:
         """Replace the whole list (the API has no "add"): read it first to keep what is there."""
         path = f"/api/mgmt/v1/tenant-config/{TRUST_SETTING}"

@@ -86,6 +86,8 @@ def renew_device(
     top certificate of the current chain.pem: a renewal cannot silently move the device to
     another root. Nothing is written until the new certificate has been verified.
     """
+    if not files.exists():
+        raise ClientError(f"{files.directory} holds no device identity (device.key, device.crt): enroll it first")
     current = files.load()
     registration_id = current.registration_id
     previous = current.certificate.not_valid_after_utc

@@ -9,6 +9,7 @@ import json
 import random
 import re
 import secrets
+import socket
 import ssl
 import time
 import urllib.error
@@ -69,8 +70,10 @@ class Response:
         document = self.json()
         if isinstance(document, dict) and ("error" in document or "message" in document):
             return str(document.get("error") or "") or None, str(document.get("message") or "")
-        text = self.body[:200].decode("utf-8", "replace")
-        return None, "".join(ch if ch.isprintable() else " " for ch in text).strip() or "(empty response)"
+        if not self.body.strip():
+            return None, "(empty response)"
+        kind = self.headers.get("content-type", "no Content-Type").split(";")[0]
+        return None, f"the answer is not xboot's JSON ({kind}, {len(self.body)} bytes): is --url the xboot service?"
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -97,7 +100,7 @@ def split_service_url(url: str) -> tuple[str, str | None]:
     """
     parts = urlsplit(url.strip())
     if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ClientError(f"--url must be an http(s) URL of the xboot service, got {parts.scheme or 'no'} scheme")
+        raise ClientError("--url must be the service's http:// or https:// address, for example http://localhost:7071")
     code = dict(parse_qsl(parts.query)).get("code") or None
     path = parts.path.rstrip("/")
     cut = (path + "/").find("/api/")
@@ -202,6 +205,10 @@ class Transport:
             try:
                 response = self._send_once(method, path, body, headers)
             except urllib.error.URLError as error:
+                if isinstance(error.reason, socket.gaierror):  # a name that does not resolve will not start to
+                    raise ServerUnavailable(
+                        f"{what}: cannot resolve {urlsplit(self.base_url).hostname}: check --url"
+                    ) from None
                 if isinstance(error.reason, ssl.SSLCertVerificationError):  # not transient: do not retry
                     raise ServerUnavailable(
                         f"{what}: the service's TLS certificate did not verify: {error.reason.verify_message}"

@@ -12,6 +12,7 @@ import hmac
 import json
 import logging
 import re
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ import azure.functions as func
 
 log = logging.getLogger(__name__)
 
+access = logging.getLogger("xboot.serve")  # one line per request: method, path (never the query: keys), status, ms
 MAX_WIRE_BODY = 1024 * 1024  # bodies past this are refused before they are read
 _PARAMETER = re.compile(r"\{(\*?)([A-Za-z_][A-Za-z0-9_]*)(\?)?(?::[^}]*)?\}")
 _REASONS = {
@@ -146,6 +148,18 @@ class Keys:
             if value is not None and not value.strip():
                 raise ValueError(f"the {name} is empty; give a real key or leave it unset")
 
+    def describe(self) -> str:
+        """The startup line: exactly which keys this server enforces."""
+        if self.function is None and self.admin is None:
+            return "keys: none enforced (like Core Tools): every route answers without a key"
+        parts = []
+        if self.function is not None:
+            parts.append("the function key on function routes")
+        parts.append("the admin key on admin routes" if self.admin is not None else "admin routes: no key works")
+        if self.admin is not None:
+            parts.append("the admin key on function routes too")
+        return "keys enforced: " + "; ".join(parts) + " (?code= or x-functions-key)"
+
     def permits(self, level: str, presented: str | None) -> bool:
         if level == "anonymous" or (self.function is None and self.admin is None):
             return True
@@ -172,13 +186,15 @@ class FunctionsWsgiApp:
             return _json(404, "not_found", "no such route")
         lowered = {k.lower(): v for k, v in headers.items()}
         if not self.keys.permits(route.auth_level, params.get("code") or lowered.get("x-functions-key")):
-            return _json(401, "unauthorized", f"this route needs a {route.auth_level} key (?code= or x-functions-key)")
+            key = "the admin (master) key" if route.auth_level == "admin" else "the function key"
+            return _json(401, "unauthorized", f"this route needs {key}: ?code= or the x-functions-key header")
         request = func.HttpRequest(
             method.upper(), url, headers=dict(headers), params=params, route_params=route_params, body=body
         )
         return route.function(request)
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        began = time.perf_counter()
         try:
             length = int(environ.get("CONTENT_LENGTH") or 0)
         except ValueError:
@@ -200,6 +216,8 @@ class FunctionsWsgiApp:
             url = f"{environ.get('wsgi.url_scheme', 'http')}://{host}{path}" + (f"?{query}" if query else "")
             response = self.dispatch(environ["REQUEST_METHOD"], url, headers, body)
         payload = response.get_body()
+        access.info("%s %s %d %.1f ms", environ.get("REQUEST_METHOD"), environ.get("PATH_INFO", "/")[:200],
+                    response.status_code, (time.perf_counter() - began) * 1000)  # fmt: skip
         content_type = response.mimetype or "application/octet-stream"
         if response.charset and (content_type.startswith("text/") or content_type.endswith("json")):
             content_type += f"; charset={response.charset}"
