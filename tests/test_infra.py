@@ -360,6 +360,15 @@ def test_function_app_security() -> None:
         assert site_config.get("ftpsState") == "Disabled"
 
 
+def test_the_health_check_uses_the_health_endpoint() -> None:
+    _, site = only("Microsoft.Web/sites")
+    assert site["properties"]["siteConfig"]["healthCheckPath"] == "/api/health"
+    import function_app
+    from xboot.service.serve import registered_functions
+
+    assert "health" in {f.get_trigger().route for f in registered_functions(function_app.app)}
+
+
 def test_ftp_and_scm_basic_auth_disabled() -> None:
     policies = {
         body(r)["name"]: body(r) for _, _, r in resources("Microsoft.Web/sites/basicPublishingCredentialsPolicies")

@@ -90,7 +90,6 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
     //checkov:skip=CKV_AZURE_78:FTP is off: basic publishing credentials (ftp, scm) are disabled below and Flex Consumption has no FTP deployment; siteConfig.ftpsState itself is rejected on Flex Consumption sites (ARM 51021).
     //checkov:skip=CKV_AZURE_17:Client certificates cannot be required: devices call this endpoint to obtain their first certificate.
     //checkov:skip=CKV_AZURE_212:Serverless scale-to-zero by design; the platform replaces failed instances. Set functionAppConfig.scaleAndConcurrency.alwaysReady to keep warm instances.
-    //checkov:skip=CKV_AZURE_213:The app exposes no health endpoint; the Flex Consumption platform manages instance health and scale.
     serverFarmId: plan.id
     httpsOnly: true
     publicNetworkAccess: 'Enabled'
@@ -98,6 +97,8 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
       minTlsVersion: '1.2'
       scmMinTlsVersion: '1.2'
       http20Enabled: true
+      // GET /api/health: 200 while the CA, the data store and enrollment authorization work, else 503.
+      healthCheckPath: '/api/health'
       // Identity-based host storage and telemetry: no account key, no instrumentation-key auth.
       appSettings: concat([
         {

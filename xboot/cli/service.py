@@ -129,10 +129,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ValueError as error:
         print(f"error: {error} (--function-key/{SERVE_FUNCTION_KEY}, --admin-key/{SERVE_ADMIN_KEY})", file=sys.stderr)
         return 2
-    for route in table.routes:
-        methods = ",".join(sorted(route.methods)) if route.methods else "ALL"
-        print(f"  {route.name}: [{methods}] http://{args.host}:{args.port}{route.path}", file=sys.stderr)
-    print(keys.describe(), file=sys.stderr)
     try:
         server = create_server(FunctionsWsgiApp(table, keys), args.host, args.port, args.threads)
     except OSError as error:
@@ -140,6 +136,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
             error.strerror or str(error))  # fmt: skip
         print(f"error: cannot listen on {args.host}:{args.port}: {reason}", file=sys.stderr)
         return 1
+    for route in table.routes:
+        methods = ",".join(sorted(route.methods)) if route.methods else "ALL"
+        print(f"  {route.name}: [{methods}] http://{args.host}:{server.effective_port}{route.path}", file=sys.stderr)
+    print(keys.describe(), file=sys.stderr)
     print(f"xboot serving on http://{args.host}:{server.effective_port} with {args.threads} threads", file=sys.stderr)
     server.run()
     return 0
