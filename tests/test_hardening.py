@@ -252,7 +252,7 @@ def test_an_empty_presented_key_never_matches():
 
 
 def test_serve_with_an_empty_admin_key_in_the_environment_refuses_to_start(tmp_path):
-    env = {"PATH": os.environ["PATH"], "XBOOT_ADMIN_KEY": "", "DataDirectory": str(tmp_path)}
+    env = {"PATH": os.environ["PATH"], "XBOOT_SERVE_ADMIN_KEY": "", "DataDirectory": str(tmp_path)}
     run = subprocess.run([sys.executable, "-m", "xboot", "serve", "--port", "0"], capture_output=True, text=True,
                          env=env, cwd=Path(__file__).resolve().parent.parent, timeout=60)  # fmt: skip
     assert run.returncode == 2

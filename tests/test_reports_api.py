@@ -392,7 +392,7 @@ def test_a_storage_failure_is_503_and_stores_nothing(trusted_root, functions, gu
     assert stored_files(app_env, "reports") == [] and stored_files(app_env, "report-index") == []
 
 
-def test_an_index_failure_is_503_and_the_retry_completes_it(
+def test_an_index_failure_is_503_and_stores_nothing_the_retry_stores_it_once(
     trusted_root, functions, guide_report, app_env, monkeypatch
 ):
     real_create = xboot.service.storage.file.FileStore.create
@@ -404,11 +404,12 @@ def test_an_index_failure_is_503_and_the_retry_completes_it(
 
     monkeypatch.setattr(xboot.service.storage.file.FileStore, "create", index_unavailable)
     assert_refusal(post(functions, guide_report), 503)
-    # The record is whole (written atomically); no listing names it until its index entry exists.
+    # The index entry is written first: when it fails, no record exists either (nothing stored but unlisted).
+    assert stored_files(app_env, "reports") == []
     assert functions.call("GET", f"{SYSTEM}?gatewayId={GATEWAY_ID}").json()["reports"] == []
     monkeypatch.setattr(xboot.service.storage.file.FileStore, "create", real_create)
     retry = post(functions, guide_report)
-    assert retry.status == 200 and retry.json()["duplicate"] is True
+    assert retry.status == 201 and retry.json()["duplicate"] is False
     listed = functions.call("GET", f"{SYSTEM}?gatewayId={GATEWAY_ID}").json()["reports"]
     assert [r["id"] for r in listed] == [retry.json()["id"]]
 

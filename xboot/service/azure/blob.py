@@ -7,6 +7,7 @@ from typing import Any
 from azure.storage.blob import BlobServiceClient, ExponentialRetry
 
 from xboot.errors import ConfigurationError
+from xboot.service import deadline
 from xboot.service.azure import sdk
 from xboot.service.settings import Settings
 
@@ -18,7 +19,11 @@ class StorageRetry(ExponentialRetry):
         super().__init__(retry_total=sdk.RETRY_TOTAL, retry_to_secondary=False)
 
     def get_backoff_time(self, settings: dict[str, Any]) -> float:
-        return sdk.backoff_seconds(settings["count"])
+        return deadline.cap(sdk.backoff_seconds(settings["count"]))
+
+    def increment(self, settings: dict[str, Any], *args: Any, **kwargs: Any) -> bool:
+        """No retry once the request's deadline has passed: the device gets its 503 now."""
+        return bool(super().increment(settings, *args, **kwargs)) and not deadline.passed()
 
 
 def blob_service_client(settings: Settings, connection_setting: str, url_setting: str, purpose: str) -> Any:
@@ -39,7 +44,7 @@ def blob_service_client(settings: Settings, connection_setting: str, url_setting
         raise ConfigurationError(f"setting {connection_setting} or {url_setting} is required {purpose}")
 
     def create() -> BlobServiceClient:
-        options = sdk.client_options(StorageRetry())
+        options = {**sdk.client_options(StorageRetry()), "_additional_pipeline_policies": [sdk.DeadlinePolicy()]}
         try:
             if key[0] == "connection":
                 return BlobServiceClient.from_connection_string(key[1], **options)

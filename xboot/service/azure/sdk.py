@@ -23,9 +23,11 @@ from azure.core.exceptions import (
     ServiceRequestError,
     ServiceResponseError,
 )
-from azure.core.pipeline.policies import RetryPolicy
+from azure.core.pipeline import PipelineRequest
+from azure.core.pipeline.policies import RetryPolicy, SansIOHTTPPolicy
 
 from xboot.errors import BackendUnavailable, ConfigurationError
+from xboot.service import deadline
 
 RETRY_TOTAL = 3
 BACKOFF_FACTOR = 0.5
@@ -67,6 +69,16 @@ def backoff_seconds(retry: int) -> float:
     return min(BACKOFF_MAX, BACKOFF_FACTOR * 2 ** (retry - 1)) * random.uniform(0.8, 1.2)
 
 
+class DeadlinePolicy(SansIOHTTPPolicy):  # type: ignore[type-arg]
+    """Per attempt: connect and read timeouts cut to what is left of the request's deadline; none left, no attempt."""
+
+    def on_request(self, request: PipelineRequest) -> None:  # type: ignore[type-arg]
+        if deadline.passed():
+            raise ServiceRequestError("the request's deadline has passed")
+        request.context.options["connection_timeout"] = deadline.cap(CONNECTION_TIMEOUT)
+        request.context.options["read_timeout"] = deadline.cap(READ_TIMEOUT)
+
+
 class BoundedRetry(RetryPolicy):
     """azure-core's RetryPolicy for Key Vault, with two changes that keep a device's wait bounded.
 
@@ -82,6 +94,14 @@ class BoundedRetry(RetryPolicy):
         kwargs.setdefault("timeout", TOTAL_TIMEOUT)
         super().__init__(**kwargs)
         self._method_whitelist = frozenset([*self._method_whitelist, "POST"])
+
+    def configure_retries(self, options: dict[str, Any]) -> dict[str, Any]:
+        settings = dict(super().configure_retries(options))
+        settings["timeout"] = deadline.cap(settings["timeout"])  # azure-core's absolute timeout for the call
+        return settings
+
+    def increment(self, settings: dict[str, Any], *args: Any, **kwargs: Any) -> bool:
+        return bool(super().increment(settings, *args, **kwargs)) and not deadline.passed()
 
     def is_retry(self, settings: dict[str, Any], response: Any) -> bool:
         retry_after = self.get_retry_after(response)

@@ -16,7 +16,11 @@ from typing import Any
 
 import azure.functions as func
 
-from xboot.errors import BadRequest, PayloadTooLarge, Unauthorized, XbootError
+from xboot.errors import BadRequest, ConfigurationError, PayloadTooLarge, Unauthorized, XbootError
+from xboot.service.deadline import DEFAULT_SECONDS as DEFAULT_DEADLINE
+from xboot.service.deadline import SETTING as DEADLINE_SETTING
+from xboot.service.deadline import request_deadline
+from xboot.service.settings import Settings
 from xboot.service.untrusted import parse_json, whole_number
 
 log = logging.getLogger(__name__)
@@ -91,9 +95,17 @@ def _where(exc: BaseException) -> str:
     return f"{frames[-1].filename}:{frames[-1].lineno}" if frames else "?"
 
 
+def _deadline_seconds() -> int:
+    try:
+        return Settings.from_environ().integer(DEADLINE_SETTING, DEFAULT_DEADLINE, minimum=1, maximum=230)
+    except ConfigurationError:
+        return DEFAULT_DEADLINE  # a bad value must not stop requests; the setting's own check reports it
+
+
 def respond(handler: Callable[[], ApiResponse]) -> func.HttpResponse:
     try:
-        response = handler()
+        with request_deadline(_deadline_seconds()):
+            response = handler()
     except XbootError as error:
         headers = {"Cache-Control": "no-store"}
         if error.retry_after is not None:

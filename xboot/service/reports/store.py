@@ -98,7 +98,6 @@ def store_report(
 ) -> StoredReport:
     identifier = report_id(verification)
     key = check_key(record_key(kind, identifier))
-    check_key(_index_prefix(kind, document["gatewayId"]).rstrip("/"))  # every key is valid before the first write
     record = {
         "id": identifier,
         "kind": kind,
@@ -108,13 +107,19 @@ def store_report(
         "report": document,
         "signedMessage": base64.b64encode(message).decode("ascii"),
     }
+    # The index entry first, then the record: a crash in between leaves an entry without a record, which
+    # listings skip, never a stored report no listing shows. The device got no answer and sends again.
+    entry = check_key(_index_key(record))
+    store.create(entry, b"")
     created = store.create(key, json.dumps(record, indent=1).encode("utf-8"))
     if not created:
         existing = read_json(store, key)
         if existing is None:  # created and deleted in between: nothing deletes records, so storage is misbehaving
             raise BackendUnavailable("report storage is inconsistent; retry")
         record = existing
-    store.create(_index_key(record), b"")  # already there on a repeat: create leaves it as is
+        store.create(_index_key(record), b"")  # the first upload's entry, should its writer have died before it
+        if _index_key(record) != entry:
+            store.delete(entry)  # this repeat's own entry points at a record filed under another time
     return StoredReport(record, created)
 
 
@@ -150,7 +155,9 @@ def list_reports(store: ObjectStore, kind: Kind, gateway_id: str, limit: int, to
     records = []
     for key in page:
         record = read_report(store, kind, key.rpartition("-")[2])
-        if record is not None:
+        # An entry whose record is missing (its writer died first) or is filed under another time (a repeat's
+        # entry, left by a writer that died before deleting it) is not this report's listing: skip it.
+        if record is not None and _index_key(record) == key:
             records.append(record)
     more = len(keys) > limit
     return ReportPage(records, _token(page[-1][len(prefix) :]) if more else None)
