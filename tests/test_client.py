@@ -259,11 +259,11 @@ def test_unreachable_service_is_retried_then_reported() -> None:
 
 def test_a_slow_service_times_out(scripted) -> None:
     url, script = scripted
-    script.delay = 1.0
+    script.delay = 5.0
     started = time.monotonic()
     with pytest.raises(ServerUnavailable, match="timed out"):
         XbootClient(url, timeout=0.2, retry=RetryPolicy(attempts=1)).upload_report(b"x", "system")
-    assert time.monotonic() - started < 0.9
+    assert time.monotonic() - started < 4.0  # gave up at its 0.2 s timeout, long before the 5 s answer
 
 
 # -- CSR and verification of what comes back -------------------------------------------------------

@@ -8,14 +8,15 @@ the double behind `https://xboot-test.vault.azure.net/`; the issued certificates
 from __future__ import annotations
 
 import base64
-import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import SignatureAlgorithmOID
 
+import xboot.service.ca.signer
 from tests.backend_helpers import CaFiles, enroll, verify_issued
 from tests.conftest import Functions
 from tests.fixtures.keyvault_double import VaultHarness
@@ -205,10 +206,13 @@ def test_warm_instance_reads_key_vault_once_per_ttl(
     assert reads == {"secret": 1, "certificate": 0}
     assert double.challenges <= 1
 
-    # A short TTL: the next enrollment after it lapses reads the secret again, once.
+    # A short TTL: the next enrollment after it lapses reads the secret again, once. The signer's clock is a
+    # fake one moved past the TTL: no sleep, so no race with a slow machine.
+    clock = [1_000.0]
+    monkeypatch.setattr(xboot.service.ca.signer, "time", SimpleNamespace(monotonic=lambda: clock[0]))
     monkeypatch.setenv("SignerCacheSeconds", "1")
     _enroll_many(functions, tmp_path / "a", 5)
-    time.sleep(1.1)
+    clock[0] += 1.1
     _enroll_many(functions, tmp_path / "b", 5)
     assert double.count("GET", "/secrets/") == 3  # the setting change reloads once, the lapsed TTL once
 

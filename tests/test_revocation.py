@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -520,10 +521,24 @@ def test_an_expired_snapshot_is_served_while_another_request_refreshes_it(app_en
     with view.lock:  # a refresh in progress elsewhere
         assert xboot.service.lifecycle.revocation.load_revocations(settings) is before  # no waiting
     view.invalidate()  # this instance changed the list: the next check must wait for the refresh
-    with view.lock:
+    lock = view.lock
+    blocked = threading.Event()
+
+    class Watched:  # the view's lock, telling when another thread asks for it
+        def acquire(self, blocking: bool = True) -> bool:
+            if blocking:
+                blocked.set()
+            return lock.acquire(blocking)
+
+        def release(self) -> None:
+            lock.release()
+
+    view.lock = Watched()
+    with lock:
         waiter = ThreadPoolExecutor(1).submit(xboot.service.lifecycle.revocation.load_revocations, settings)
-        time.sleep(0.2)
+        assert blocked.wait(5)  # it asked for the lock, blocking: it waits for the refresh
         assert not waiter.done()
+    view.lock = lock
     assert waiter.result(timeout=5).digest == before.digest
 
 
