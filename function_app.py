@@ -34,31 +34,27 @@ def est_cacerts(req: func.HttpRequest) -> func.HttpResponse:
     return respond(lambda: est.cacerts(Settings.from_environ()))
 
 
-@app.route(route=".well-known/est/simpleenroll", methods=["POST"], auth_level=ENROLLMENT_AUTH)
-def est_simpleenroll(req: func.HttpRequest) -> func.HttpResponse:
+def _est_enrollment(req: func.HttpRequest, endpoint: est.Enrollment, function_key_checked: bool) -> func.HttpResponse:
     return respond(
-        lambda: est.simpleenroll(
+        lambda: endpoint(
             req.get_body(),
             req.headers.get("Authorization"),
             req.headers.get(est.CLIENT_CERT_HEADER),
-            FUNCTION_KEY_ENROLLS,
+            function_key_checked,
             Settings.from_environ(),
         )
     )
+
+
+@app.route(route=".well-known/est/simpleenroll", methods=["POST"], auth_level=ENROLLMENT_AUTH)
+def est_simpleenroll(req: func.HttpRequest) -> func.HttpResponse:
+    return _est_enrollment(req, est.simpleenroll, FUNCTION_KEY_ENROLLS)
 
 
 # Re-enrollment is proved by the TLS client certificate alone (RFC 7030 section 3.3.2): anonymous at the host.
 @app.route(route=".well-known/est/simplereenroll", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
 def est_simplereenroll(req: func.HttpRequest) -> func.HttpResponse:
-    return respond(
-        lambda: est.simplereenroll(
-            req.get_body(),
-            req.headers.get("Authorization"),
-            req.headers.get(est.CLIENT_CERT_HEADER),
-            False,
-            Settings.from_environ(),
-        )
-    )
+    return _est_enrollment(req, est.simplereenroll, False)
 
 
 @app.route(route=".well-known/est/csrattrs", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)

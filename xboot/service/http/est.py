@@ -44,6 +44,8 @@ TRUST_SETTING = "EstTrustForwardedClientCert"
 _WHITESPACE = re.compile(rb"\s+")
 
 P = ParamSpec("P")
+# simpleenroll and simplereenroll: (body, Authorization, forwarded client certificate, function key checked, settings)
+Enrollment = Callable[[bytes, str | None, str | None, bool, Settings], ApiResponse]
 
 
 def plain_text_refusals(endpoint: Callable[P, ApiResponse]) -> Callable[P, ApiResponse]:

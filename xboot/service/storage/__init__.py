@@ -72,19 +72,6 @@ def read_json(store: ObjectStore, key: str) -> dict[str, Any] | None:
 
 
 _STORES = {"file": "xboot.service.storage.file", "blob": "xboot.service.storage.blob"}
-_SETTINGS = (
-    "DataStore",
-    "DataDirectory",
-    "DataBlobContainer",
-    "DataBlobConnectionString",
-    "DataBlobAccountUrl",
-    "BlobConnectionString",
-    "BlobAccountUrl",
-    "AzureWebJobsStorage",
-    "AzureWebJobsStorage__blobServiceUri",
-    "Location",
-    "WEBSITE_INSTANCE_ID",
-)
 _lock = threading.Lock()
 _opened: dict[tuple[str | None, ...], ObjectStore] = {}
 
@@ -98,6 +85,8 @@ _BLOB_ACCOUNT_SETTINGS = (
     "AzureWebJobsStorage",
     "AzureWebJobsStorage__blobServiceUri",
 )
+# Every setting that decides which store opens: a change to any opens another.
+_SETTINGS = ("DataStore", "DataDirectory", "DataBlobContainer", *_BLOB_ACCOUNT_SETTINGS, "Location", RUNNING_IN_AZURE)
 
 
 def data_store_kind(settings: Settings) -> str:
