@@ -594,3 +594,17 @@ def test_a_superseded_certificate_stays_valid_for_its_grace_then_enters_the_crl(
     assert [(e["reason"], e["value"]) for e in listed] == [("superseded", format(current.serial_number, "X"))]
     later = crl_module.published_crl(settings, now + dt.timedelta(hours=25))
     assert current.serial_number in {r.serial_number for r in x509.load_der_x509_crl(later.der)}
+
+
+def test_a_current_certificate_cannot_renew_another_registration_id(strong, tmp_path):
+    """Device A's own, valid certificate signs a request for device B: not a renewal of B, whatever A proves."""
+    victim = new_id("victim")
+    assert enroll(strong, victim, make_csr(tmp_path / "v", victim).b64, sas(victim)).status == 200
+    attacker = new_id("attacker")
+    device = tmp_path / "attacker"
+    assert _xboot("enroll", "--url", strong.url, "--registration-id", attacker, "--out", str(device),
+                  "--device-key", dps.derive_device_key(GROUP_KEY, attacker)).returncode == 0  # fmt: skip
+    csr = make_csr(tmp_path / "b", victim)
+    attestation = _attestation(device / "device.crt", device / "device.key", csr.der, tmp_path, chain=[])
+    message = refused(enroll(strong, victim, csr.b64, attestation=attestation), 403, "credential_mismatch")
+    assert "another registration ID" in message

@@ -515,3 +515,10 @@ def test_in_azure_the_default_data_store_is_blob_on_azurewebjobsstorage(app_env,
              .get_container_client(container).list_blobs()]  # fmt: skip
     assert names == [f"certificates/dev-azure-blob/{body['serialNumber']}.json"]
     assert not (Path(app_env["DataDirectory"]) / "certificates").exists()
+
+
+def test_a_ca_whose_key_usage_lacks_key_cert_sign_is_refused(app_env, functions, monkeypatch, tmp_path):
+    usage = x509.KeyUsage(True, False, False, False, False, False, True, False, False)  # digitalSignature, cRLSign
+    _ca_without(tmp_path, monkeypatch, usage)
+    status, body = enroll(functions, "dev-nocertsign", make_csr(tmp_path, "dev-nocertsign").b64)
+    assert status == 500 and body["error"] == "configuration_error" and "lacks keyCertSign" in body["message"]
