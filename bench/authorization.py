@@ -41,7 +41,9 @@ def _manufacturer(now: dt.datetime) -> tuple[x509.Certificate, Any]:
     ca = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(ca_key.public_key())
           .serial_number(1).not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + dt.timedelta(days=30))
           .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-          .add_extension(usage, critical=True).sign(ca_key, hashes.SHA256()))  # fmt: skip
+          .add_extension(usage, critical=True)
+          .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+          .sign(ca_key, hashes.SHA256()))  # fmt: skip
     return ca, ca_key
 
 
@@ -52,6 +54,9 @@ def _birth(ca: x509.Certificate, ca_key: Any, registration_id: str, now: dt.date
                    .issuer_name(ca.subject).public_key(key.public_key()).serial_number(2)
                    .not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + dt.timedelta(days=30))
                    .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+                   .add_extension(x509.KeyUsage(True, False, False, False, False, False, False, False, False), True)
+                   .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+                   .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False)
                    .sign(ca_key, hashes.SHA256()))  # fmt: skip
     return certificate, key
 

@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from bench.issuance import XBOOT_RULES
 from bench.material import make_csrs
 from bench.timing import percentile
 from tests.fixtures.live_server import clean_environment, wait_for_serving
@@ -33,7 +34,7 @@ class Server:
 
     def __init__(self, work: Path) -> None:
         self.log = work / "serve.log"
-        env = clean_environment({"DataDirectory": str(work / "data")})
+        env = clean_environment({"DataDirectory": str(work / "data"), **XBOOT_RULES})
         with self.log.open("wb") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "xboot", "serve", "--app-dir", str(ROOT), "--port", "0",
