@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.backends import BlobEnvironment, azurite_or_reason
+from bench.issuance import XBOOT_RULES
 from bench.material import make_ca, make_csrs
 from bench.timing import percentile
 
@@ -33,7 +34,7 @@ IMPORT_TARGET_MS = 300
 
 def _clean_env(extra: dict[str, str]) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k[:1].isupper() or k in ("PATH", "HOME", "LANG")}
-    env.update(extra)
+    env.update({**XBOOT_RULES, **extra})
     env["PYTHONPATH"] = str(ROOT)  # with -P, the probe's own folder is not put on sys.path
     return env
 
