@@ -257,3 +257,21 @@ def test_device_side_imports_only_stdlib_cryptography_and_itself() -> None:
         assert not third_party, f"{name} imports {third_party}"
         service = {m for m in imports if m.startswith(("xboot.service", "xboot.cli.service"))}
         assert not service, f"{name} imports service modules {service}"
+
+
+def test_the_package_carries_every_xboot_module_the_service_imports(tmp_path: Path) -> None:
+    """What function_app.py and xboot/service import of xboot's own modules is all in the zip (the zip leaves
+    xboot/device and xboot/cli out: a service import of them would fail only once deployed)."""
+    app = _copy_checkout(tmp_path / "app")
+    assert _package(app, tmp_path / "out.zip").returncode == 0
+    names = set(zipfile.ZipFile(tmp_path / "out.zip").namelist())
+    graph = _module_imports()
+    imported = {m for name, imports in graph.items() if name.startswith("xboot.service") for m in imports}
+    for node in ast.walk(ast.parse((ROOT / "function_app.py").read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            imported |= {node.module, *(f"{node.module}.{alias.name}" for alias in node.names)}
+    modules = {m for m in imported if m in graph}
+    missing = sorted(
+        m for m in modules if not {f"{m.replace('.', '/')}.py", f"{m.replace('.', '/')}/__init__.py"} & names
+    )
+    assert "xboot.dps" in modules and not missing, f"the deployment package lacks {missing}"
