@@ -608,3 +608,64 @@ def test_a_current_certificate_cannot_renew_another_registration_id(strong, tmp_
     attestation = _attestation(device / "device.crt", device / "device.key", csr.der, tmp_path, chain=[])
     message = refused(enroll(strong, victim, csr.b64, attestation=attestation), 403, "credential_mismatch")
     assert "another registration ID" in message
+
+
+# -- the DPS helpers' own refusals (what a malformed header or a bad setting meets first) ----------------------------
+
+
+@pytest.mark.parametrize(
+    ("key", "message"),
+    [("not base64!", "is not base64"), (base64.b64encode(b"short").decode(), "shorter than 16 bytes")],
+)
+def test_keys_that_are_not_16_bytes_of_base64_are_refused(key, message):
+    with pytest.raises(ValueError, match=message):
+        dps.derive_device_key(key, "sn-1")
+    with pytest.raises(ValueError, match=message):
+        dps.sas_token(key, "sn-1", 1700000000)
+
+
+@pytest.mark.parametrize(
+    ("header", "message"),
+    [
+        ("Bearer sr=a&sig=b&se=1", "not a SharedAccessSignature token"),
+        ("SharedAccessSignature", "not a SharedAccessSignature token"),
+        ("SharedAccessSignature sr=a&sr=b&sig=c&se=1", "repeats sr"),
+        ("SharedAccessSignature sig=c&se=1", "lacks sr"),
+        ("SharedAccessSignature sr=a&se=1", "lacks sig"),
+        ("SharedAccessSignature sr=a&sig=c", "lacks se"),
+        ("SharedAccessSignature sr=a&sig=c&se=soon", "se is not a Unix time"),
+        ("SharedAccessSignature sr=a&sig=c&se=" + "9" * 13, "se is not a Unix time"),
+        ("SharedAccessSignature sr=a&sig=c&se=١٢٣", "se is not a Unix time"),
+    ],
+)
+def test_malformed_sas_tokens_are_refused_with_what_is_wrong(header, message):
+    with pytest.raises(ValueError, match=message):
+        dps.parse_sas_token(header)
+
+
+def test_a_signature_that_is_not_base64_never_matches():
+    token = dps.parse_sas_token(dps.sas_token(GROUP_KEY, "sn-1", 1700000000))
+    assert dps.signature_matches(token, GROUP_KEY)
+    assert not dps.signature_matches(dps.SasToken(token.resource, "%%%", token.expiry, token.key_name), GROUP_KEY)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [("", "EnrollmentGroupKeys is required"), (" , ", "EnrollmentGroupKeys is required"),
+     ("not base64!", "EnrollmentGroupKeys: the group key is not base64")],
+)  # fmt: skip
+def test_device_key_settings_that_cannot_work_are_configuration_errors(value, message):
+    from xboot.errors import ConfigurationError
+    from xboot.service.enrollment.authorization.device_key import group_keys
+    from xboot.service.settings import Settings
+
+    with pytest.raises(ConfigurationError, match=message):
+        group_keys(Settings({"EnrollmentGroupKeys": value}))
+
+
+@pytest.mark.parametrize("credentials", ["not base64!", base64.b64encode(b"no-colon").decode(),
+                                         base64.b64encode(b"\xff\xfe:x").decode()])  # fmt: skip
+def test_malformed_basic_credentials_are_invalid(strong, tmp_path, credentials):
+    registration_id = new_id("basic")
+    reply = enroll(strong, registration_id, make_csr(tmp_path, registration_id).b64, f"Basic {credentials}")
+    assert "not base64 user:password" in refused(reply, 401, "invalid_credential")
