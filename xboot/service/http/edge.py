@@ -84,6 +84,16 @@ def error_body(error: XbootError) -> dict[str, str]:
     return {"error": error.code, "message": error.message}
 
 
+def error_headers(error: XbootError) -> dict[str, str]:
+    """What a refusal tells the client beyond its body: when to come back, and how to authenticate."""
+    headers = {}
+    if error.retry_after is not None:
+        headers["Retry-After"] = str(error.retry_after)
+    if isinstance(error, Unauthorized) and error.challenges:
+        headers["WWW-Authenticate"] = ", ".join(error.challenges)
+    return headers
+
+
 def _encode(response: ApiResponse) -> bytes:
     if isinstance(response.body, bytes):
         return response.body
@@ -107,14 +117,9 @@ def respond(handler: Callable[[], ApiResponse]) -> func.HttpResponse:
         with request_deadline(_deadline_seconds()):
             response = handler()
     except XbootError as error:
-        headers = {"Cache-Control": "no-store"}
-        if error.retry_after is not None:
-            headers["Retry-After"] = str(error.retry_after)
-        if isinstance(error, Unauthorized) and error.challenges:
-            headers["WWW-Authenticate"] = ", ".join(error.challenges)
         if error.status >= 500:
             log.error("%s: %s", error.code, error.message)
-        response = ApiResponse(error.status, error_body(error), headers)
+        response = ApiResponse(error.status, error_body(error), error_headers(error))
     except Exception as exc:  # noqa: BLE001 - the edge: nothing escapes as a stack trace
         # Type and place only: exception text can carry request or key material.
         log.error("unexpected %s at %s", type(exc).__name__, _where(exc))

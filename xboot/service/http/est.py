@@ -25,14 +25,14 @@ from asn1crypto import core
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, pkcs7
 
-from xboot.errors import BadRequest, Forbidden, Unauthorized, XbootError
+from xboot.errors import BadRequest, Forbidden, XbootError
 from xboot.pki import common_name
 from xboot.service.ca.signer import load_signer
 from xboot.service.enrollment.authorization import Attestation, EnrollmentRequest
 from xboot.service.enrollment.authorization.certificate import issued_by_this_ca
 from xboot.service.enrollment.enroll import enroll
 from xboot.service.enrollment.registration import validate_registration_id
-from xboot.service.http.edge import ApiResponse, check_size
+from xboot.service.http.edge import ApiResponse, check_size, error_headers
 from xboot.service.settings import Settings
 
 PKCS7_MIME = "application/pkcs7-mime"
@@ -59,12 +59,8 @@ def plain_text_refusals(endpoint: Callable[P, ApiResponse]) -> Callable[P, ApiRe
         except XbootError as error:
             if error.status >= 500:
                 raise
-            headers = {}
-            if isinstance(error, Unauthorized) and error.challenges:
-                headers["WWW-Authenticate"] = ", ".join(error.challenges)
-            if error.retry_after is not None:
-                headers["Retry-After"] = str(error.retry_after)
-            return ApiResponse(error.status, f"{error.message}\n".encode(), headers, content_type="text/plain")
+            body = f"{error.message}\n".encode()
+            return ApiResponse(error.status, body, error_headers(error), content_type="text/plain")
 
     return wrapper
 
