@@ -656,11 +656,11 @@ def test_a_signature_that_is_not_base64_never_matches():
 )  # fmt: skip
 def test_device_key_settings_that_cannot_work_are_configuration_errors(value, message):
     from xboot.errors import ConfigurationError
-    from xboot.service.enrollment.authorization.device_key import group_keys
+    from xboot.service.enrollment.authorization.device_key import device_keys
     from xboot.service.settings import Settings
 
     with pytest.raises(ConfigurationError, match=message):
-        group_keys(Settings({"EnrollmentGroupKeys": value}))
+        device_keys(Settings({"EnrollmentGroupKeys": value}), "sn-1")
 
 
 @pytest.mark.parametrize("credentials", ["not base64!", base64.b64encode(b"no-colon").decode(),

@@ -22,24 +22,19 @@ GROUP_KEYS = "EnrollmentGroupKeys"
 MAX_SECONDS = "EnrollmentTokenMaxSeconds"
 
 
-def group_keys(settings: Settings) -> tuple[str, ...]:
-    keys = tuple(k.strip() for k in (settings.get(GROUP_KEYS) or "").split(",") if k.strip())
-    if not keys:
+def device_keys(settings: Settings, registration_id: str) -> list[str]:
+    """The device key of `registration_id` under each group key; a group key that cannot derive is named."""
+    groups = [k.strip() for k in (settings.get(GROUP_KEYS) or "").split(",") if k.strip()]
+    if not groups:
         raise ConfigurationError(f"setting {GROUP_KEYS} is required when EnrollmentAuthorization has DeviceKey")
-    for key in keys:
-        try:
-            dps.derive_device_key(key, "probe")
-        except ValueError as error:
-            raise ConfigurationError(f"setting {GROUP_KEYS}: {error} (16 to 64 bytes, base64)") from None
-    return keys
+    try:
+        return [dps.derive_device_key(group, registration_id) for group in groups]
+    except ValueError as error:
+        raise ConfigurationError(f"setting {GROUP_KEYS}: {error} (16 to 64 bytes, base64)") from None
 
 
 def _invalid(message: str) -> Unauthorized:
     return Unauthorized(message, code="invalid_credential")
-
-
-def _device_keys(settings: Settings, registration_id: str) -> list[str]:
-    return [dps.derive_device_key(group, registration_id) for group in group_keys(settings)]
 
 
 def _sas(header: str, request: EnrollmentRequest, settings: Settings) -> Grant:
@@ -56,7 +51,7 @@ def _sas(header: str, request: EnrollmentRequest, settings: Settings) -> Grant:
         raise _invalid("the SharedAccessSignature token has expired (se is in the past)")
     if token.expiry > now + horizon:
         raise _invalid(f"the SharedAccessSignature token's se is more than {horizon} s ahead ({MAX_SECONDS})")
-    if not any(dps.signature_matches(token, key) for key in _device_keys(settings, signed_id)):
+    if not any(dps.signature_matches(token, key) for key in device_keys(settings, signed_id)):
         raise _invalid("the SharedAccessSignature token's signature does not verify with any enrollment group key")
     if signed_id != request.registration_id:
         raise Forbidden("the SharedAccessSignature token is for another registration ID", code="credential_mismatch")
@@ -72,7 +67,7 @@ def _basic(header: str, request: EnrollmentRequest, settings: Settings) -> Grant
     if not colon:
         raise _invalid("the Basic credentials are not base64 user:password")
     presented = password.encode()
-    if not any(hmac.compare_digest(key.encode(), presented) for key in _device_keys(settings, user)):
+    if not any(hmac.compare_digest(key.encode(), presented) for key in device_keys(settings, user)):
         raise _invalid("the password is not the device key of this user (registration ID) in any enrollment group")
     if user != request.registration_id:
         raise Forbidden("the Basic user is not the CSR's registration ID", code="credential_mismatch")
