@@ -14,13 +14,11 @@ import datetime as dt
 import logging
 from typing import Any
 
-from cryptography import x509
-
 from xboot.errors import BackendUnavailable, Conflict, TooManyRequests
-from xboot.pki import PublicKey, spki_der
+from xboot.pki import PublicKey
 from xboot.service.enrollment.authorization import Grant
 from xboot.service.lifecycle.audit import audit_prefix
-from xboot.service.lifecycle.revocation import load_revocations, supersede
+from xboot.service.lifecycle.revocation import key_hash, load_revocations, record_key_hash, supersede
 from xboot.service.settings import Settings
 from xboot.service.storage import ObjectStore, read_json
 
@@ -42,13 +40,6 @@ def history(store: ObjectStore, registration_id: str) -> list[dict[str, Any]]:
     return [record for record in records if record is not None]
 
 
-def _certified_key(record: dict[str, Any]) -> bytes | None:
-    try:
-        return spki_der(x509.load_pem_x509_certificate(str(record["certificate"]).encode()).public_key())
-    except (KeyError, ValueError, TypeError):
-        return None
-
-
 def check_identity(
     registration_id: str, key: PublicKey, grant: Grant, store: ObjectStore, settings: Settings, now: dt.datetime
 ) -> list[dict[str, Any]]:
@@ -61,7 +52,7 @@ def check_identity(
     locked = grant.renewal_of is None and settings.boolean("IdentityLock", True)
     if not locked and limit == 0 and grant.renewal_of is None:
         return []  # XBoot's behaviour (no lock, no limit): nothing to read
-    wanted = spki_der(key)
+    wanted = key_hash(key)
     records = history(store, registration_id)
     recent = sorted(t for t in (_time(r, "issuedAt") for r in records) if t > now - DAY)
     if limit and len(recent) >= limit:
@@ -76,7 +67,7 @@ def check_identity(
         for record in records:
             if _time(record, "notAfter") <= now or revocations.for_record(record, now) is not None:
                 continue
-            if _certified_key(record) == wanted:
+            if record_key_hash(record) == wanted:
                 continue  # the holder of that certificate's key asking again (a lost response): not another device
             raise Conflict(
                 f"registration {registration_id} already holds a valid certificate "

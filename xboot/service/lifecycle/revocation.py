@@ -441,7 +441,7 @@ def check_path(certificates: Iterable[x509.Certificate], fingerprints: Iterable[
 # -- the audit log, read ----------------------------------------------------------------------------
 
 
-def _record_key_hash(record: Mapping[str, Any]) -> str | None:
+def record_key_hash(record: Mapping[str, Any]) -> str | None:
     try:
         return key_hash(x509.load_pem_x509_certificate(str(record["certificate"]).encode()).public_key())
     except (KeyError, ValueError):
@@ -464,7 +464,7 @@ class Target:
 
 
 def _from_records(kind: str, value: str, records: list[dict[str, Any]], registration_id: str | None) -> Target:
-    keys = (_record_key_hash(r) for r in records)
+    keys = (record_key_hash(r) for r in records)
     issuers = {r.get("issuerSha256Fingerprint") for r in records}
     return Target(
         kind,
