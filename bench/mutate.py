@@ -1,28 +1,39 @@
-"""`python -m bench.mutate [--module M ...] [--limit N]`: mutation testing of the security modules.
+"""`python -m bench.mutate [--module M ...] [--limit N] [--jobs J]`: mutation testing of the security modules.
 
 Each mutant changes one place in one module: an `if` condition made False (the check dropped) or True, a
-comparison flipped (== and !=, < and >=, in and not in, is and is not), `and` and `or` swapped, a `raise`
-replaced by `pass`. The module's own tests (MODULES below) then run against it, stopping at the first
-failure: a failure kills the mutant, a pass means it survived. Mutants are made in a copy of the tracked
-files, never in the working tree. It prints the score per module and every survivor with its line.
+comparison flipped (== and !=, < and >=, in and not in, is and is not), an integer bound moved by one, `and`
+and `or` swapped, `max` and `min` swapped, a returned or keyword True or False inverted, a `raise` replaced by `pass`, a
+call made for its effect (a `verify()`, a check) removed. Mutants are made in copies of the tracked files,
+never in the working tree.
+
+The module's tests (MODULES below) first run once under coverage, each test measured as its own context, so
+each mutant runs only the tests that execute the mutated lines (all of the module's tests when no test does in
+this process: lines run at import, or only in a `xboot serve` child), stopping at the first failure. A failure
+kills the mutant; a pass means it survived. It prints the score per module and every survivor with its line.
+Survivors judged equivalent (no input can tell them apart) are listed in EQUIVALENT with the reason, and
+reported as such rather than counted against the score.
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
+import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from queue import Queue
 
 ROOT = Path(__file__).resolve().parent.parent
 S = "xboot/service/"
 MODULES: dict[str, tuple[str, ...]] = {
-    S + "ca/issuance.py": ("tests/test_enrollment.py", "tests/test_hardening.py"),
+    S + "ca/issuance.py": ("tests/test_issuance_profile.py", "tests/test_enrollment.py", "tests/test_hardening.py"),
     S + "reports/verify.py": (
         "tests/test_reports_verify.py",
         "tests/test_path_validation.py",
@@ -44,16 +55,24 @@ MODULES: dict[str, tuple[str, ...]] = {
     S + "serve.py": ("tests/test_hardening.py", "tests/test_serve.py", "tests/test_front_door.py"),
     "xboot/dps.py": ("tests/test_enrollment_authorization.py",),
 }
+# (module, mutation, the mutated line's text) -> why no input can tell the mutant from the original.
+EQUIVALENT: dict[tuple[str, str, str], str] = {
+    (S + "ca/issuance.py", "bound 65537 -> 65536", "if key.public_numbers().e < 65537:"): (
+        "the only exponent between is 65536, even, and cryptography refuses to load an RSA key with an even exponent"
+    ),
+}
 FLIPS = {
     ast.Eq: ast.NotEq, ast.NotEq: ast.Eq, ast.Lt: ast.GtE, ast.GtE: ast.Lt, ast.Gt: ast.LtE, ast.LtE: ast.Gt,
     ast.In: ast.NotIn, ast.NotIn: ast.In, ast.Is: ast.IsNot, ast.IsNot: ast.Is,
 }  # fmt: skip
+_LOGGING = {"debug", "info", "warning", "error", "exception", "critical"}
 
 
 @dataclass(frozen=True)
 class Site:
     index: int
     line: int
+    end_line: int
     what: str
 
 
@@ -65,13 +84,14 @@ class _Mutator(ast.NodeTransformer):
         self.sites: list[Site] = []
 
     def _site(self, node: ast.AST, what: str) -> bool:
-        self.sites.append(Site(len(self.sites), getattr(node, "lineno", 0), what))
+        line = getattr(node, "lineno", 0)
+        self.sites.append(Site(len(self.sites), line, getattr(node, "end_lineno", line) or line, what))
         return self.target == len(self.sites) - 1
 
     def visit_If(self, node: ast.If) -> ast.AST:
-        if self._site(node, "if condition -> False"):
+        if self._site(node.test, "if condition -> False"):
             node.test = ast.Constant(False)
-        elif self._site(node, "if condition -> True"):
+        elif self._site(node.test, "if condition -> True"):
             node.test = ast.Constant(True)
         return self.generic_visit(node)
 
@@ -79,6 +99,11 @@ class _Mutator(ast.NodeTransformer):
         flippable = len(node.ops) == 1 and type(node.ops[0]) in FLIPS
         if flippable and self._site(node, f"{type(node.ops[0]).__name__} flipped"):
             node.ops = [FLIPS[type(node.ops[0])]()]
+        for position, bound in enumerate(node.comparators):
+            if isinstance(bound, ast.Constant) and type(bound.value) is int:
+                for step in (1, -1):
+                    if self._site(bound, f"bound {bound.value} -> {bound.value + step}"):
+                        node.comparators[position] = ast.Constant(bound.value + step)
         return self.generic_visit(node)
 
     def visit_BoolOp(self, node: ast.BoolOp) -> ast.AST:
@@ -86,9 +111,35 @@ class _Mutator(ast.NodeTransformer):
             node.op = ast.Or() if isinstance(node.op, ast.And) else ast.And()
         return self.generic_visit(node)
 
+    def visit_Call(self, node: ast.Call) -> ast.AST:
+        if isinstance(node.func, ast.Name) and node.func.id in ("max", "min"):
+            swapped = "min" if node.func.id == "max" else "max"
+            if self._site(node, f"{node.func.id} -> {swapped}"):
+                node.func = ast.Name(swapped, ast.Load())
+        return self.generic_visit(node)
+
+    def visit_keyword(self, node: ast.keyword) -> ast.AST:
+        if isinstance(node.value, ast.Constant) and type(node.value.value) is bool:
+            if self._site(node.value, f"{node.arg}={node.value.value} -> {not node.value.value}"):
+                node.value = ast.Constant(not node.value.value)
+        return self.generic_visit(node)
+
+    def visit_Return(self, node: ast.Return) -> ast.AST:
+        if isinstance(node.value, ast.Constant) and type(node.value.value) is bool:
+            if self._site(node, f"return {node.value.value} -> {not node.value.value}"):
+                node.value = ast.Constant(not node.value.value)
+        return self.generic_visit(node)
+
     def visit_Raise(self, node: ast.Raise) -> ast.AST:
         if self._site(node, "raise -> pass"):
             return ast.Pass()
+        return self.generic_visit(node)
+
+    def visit_Expr(self, node: ast.Expr) -> ast.AST:
+        call = node.value
+        if isinstance(call, ast.Call) and not (isinstance(call.func, ast.Attribute) and call.func.attr in _LOGGING):
+            if self._site(node, f"call removed: {ast.unparse(call.func)}(...)"):
+                return ast.Pass()
         return self.generic_visit(node)
 
 
@@ -105,51 +156,94 @@ def mutant(source: str, index: int) -> str:
 def _copy(destination: Path) -> None:
     names = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
     for name in names:
-        (destination / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(ROOT / name, destination / name)
+        if (ROOT / name).is_file():
+            (destination / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, destination / name)
     for tools in (".azurite", ".venv-infra"):  # installed by scripts/setup, not tracked: the tests start Azurite
         if (ROOT / tools).exists():
             (destination / tools).symlink_to(ROOT / tools)
 
 
-def _passes(copy: Path, tests: tuple[str, ...]) -> bool:
+def _pytest(copy: Path, tests: list[str], env: dict[str, str] | None = None) -> bool:
     command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests]
-    return subprocess.run(command, cwd=copy, capture_output=True, timeout=900).returncode == 0
+    environment = {**os.environ, **(env or {})}
+    return subprocess.run(command, cwd=copy, capture_output=True, timeout=900, env=environment).returncode == 0
+
+
+def _tests_by_line(copy: Path, module: str, tests: tuple[str, ...]) -> dict[int, set[str]] | None:
+    """Runs the module's tests once under coverage: line -> node IDs of the tests that execute it."""
+    import coverage
+
+    data_file = copy / ".mutate-coverage"
+    env = {"XBOOT_MUTATE_MODULE": str(copy / module), "XBOOT_MUTATE_DATA": str(data_file)}
+    if not _pytest(copy, ["-p", "bench.mutate_contexts", *tests], env):
+        return None
+    data = coverage.CoverageData(basename=str(data_file))
+    data.read()
+    found: dict[int, set[str]] = defaultdict(set)
+    for line, contexts in (data.contexts_by_lineno(str(copy / module)) or {}).items():
+        found[line].update(context for context in contexts if context)
+    return found
+
+
+def _score(module: str, copies: Queue[Path], limit: int) -> tuple[int, int, list[tuple[Site, str]]]:
+    tests = MODULES[module]
+    first = copies.get()
+    try:
+        by_line = _tests_by_line(first, module, tests)
+    finally:
+        copies.put(first)
+    if by_line is None:
+        raise SystemExit(f"{module}: its tests fail unmutated; fix them first")
+    source = (ROOT / module).read_text()
+    found = sites(source)[: limit or None]
+
+    def run(site: Site) -> bool:
+        chosen = sorted(set().union(*(by_line.get(line, set()) for line in range(site.line, site.end_line + 1))))
+        copy = copies.get()
+        try:
+            (copy / module).write_text(mutant(source, site.index))
+            return _pytest(copy, chosen or list(tests))
+        finally:
+            (copy / module).write_text(source)
+            copies.put(copy)
+
+    with ThreadPoolExecutor(max_workers=copies.qsize()) as pool:
+        survived = [site for site, passes in zip(found, pool.map(run, found), strict=True) if passes]
+    lines = source.splitlines()
+    return len(found) - len(survived), len(found), [(site, lines[site.line - 1].strip()) for site in survived]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.mutate", description=__doc__.splitlines()[0])
     parser.add_argument("--module", action="append", choices=sorted(MODULES), help="only these (repeatable)")
     parser.add_argument("--limit", type=int, default=0, help="at most N mutants per module (0: all)")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="mutants tested at once")
     args = parser.parse_args(argv)
-    chosen = args.module or list(MODULES)
+    below = 0
     with tempfile.TemporaryDirectory(prefix="xboot-mutate-") as scratch:
-        copy = Path(scratch)
-        _copy(copy)
-        for module in chosen:
-            tests = MODULES[module]
-            if not _passes(copy, tests):
-                print(f"{module}: its tests fail unmutated; fix them first")
-                return 1
-            source = (ROOT / module).read_text()
-            found = sites(source)[: args.limit or None]
-            survivors, started = [], time.monotonic()
-            try:
-                for site in found:
-                    (copy / module).write_text(mutant(source, site.index))
-                    if _passes(copy, tests):
-                        survivors.append(site)
-            finally:
-                (copy / module).write_text(source)
-            killed = len(found) - len(survivors)
-            score = 100 * killed / len(found) if found else 100.0
+        copies: Queue[Path] = Queue()
+        for number in range(max(1, args.jobs)):
+            copy = Path(scratch) / str(number)
+            _copy(copy)
+            copies.put(copy)
+        for module in args.module or list(MODULES):
+            started = time.monotonic()
+            killed, total, survivors = _score(module, copies, args.limit)
+            equivalent = [(site, text) for site, text in survivors if (module, site.what, text) in EQUIVALENT]
+            counted = total - len(equivalent)
+            score = 100 * killed / counted if counted else 100.0
+            below += score < 90
             print(
-                f"{module}: {killed}/{len(found)} killed ({score:.0f}%) in {time.monotonic() - started:.0f} s",
+                f"{module}: {killed}/{counted} killed ({score:.0f}%), {len(equivalent)} equivalent, "
+                f"{time.monotonic() - started:.0f} s",
                 flush=True,
             )
-            for site in survivors:
-                print(f"  survived: line {site.line}: {site.what}", flush=True)
-    return 0
+            for site, text in survivors:
+                why = EQUIVALENT.get((module, site.what, text))
+                label = f"equivalent ({why})" if why else "survived"
+                print(f"  {label}: line {site.line}: {site.what}: {text}", flush=True)
+    return 1 if below else 0
 
 
 if __name__ == "__main__":

@@ -51,9 +51,9 @@ def check_device_key(key: PublicKey | object) -> PublicKey:
                 f"device key {describe_key(key)} refused: RSA keys must be {MIN_RSA_BITS}-{MAX_RSA_BITS} bits",
                 code="weak_key",
             )
-        exponent = key.public_numbers().e
-        if exponent < 65537 or exponent % 2 == 0:
-            raise BadRequest("device key refused: RSA public exponent must be odd and at least 65537", code="weak_key")
+        # Even exponents never get here: cryptography refuses to load them (check_csr: unsupported key).
+        if key.public_numbers().e < 65537:
+            raise BadRequest("device key refused: RSA public exponent must be at least 65537", code="weak_key")
         return key
     if isinstance(key, ec.EllipticCurvePublicKey):
         if not isinstance(key.curve, DEVICE_CURVES):

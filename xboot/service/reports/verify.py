@@ -387,18 +387,18 @@ def _check_issuer(
     child: x509.Certificate, issuer: x509.Certificate, below: list[x509.Certificate], now: dt.datetime
 ) -> None:
     """`issuer` may sign `child`, the top of `below` (the path so far, signer first)."""
+    try:  # first: cryptography cannot verify SHA-1 or MD5 links, and the sender should learn why
+        weak = isinstance(child.signature_hash_algorithm, _WEAK_HASHES)
+    except UnsupportedAlgorithm:
+        weak = True
+    if weak:
+        raise _refused("chain_invalid", f"certificate {_name(child)} is signed with a weak hash")
     try:
         child.verify_directly_issued_by(issuer)
     except (InvalidSignature, ValueError, TypeError, UnsupportedAlgorithm):
         raise _refused(
             "chain_invalid", f"certificate {_name(child)} does not verify as issued by {_name(issuer)}"
         ) from None
-    try:
-        weak = isinstance(child.signature_hash_algorithm, _WEAK_HASHES)
-    except UnsupportedAlgorithm:
-        weak = True
-    if weak:
-        raise _refused("chain_invalid", f"certificate {_name(child)} is signed with a weak hash")
     key = _check_key(issuer, "issuer")
     extensions = _extensions(issuer)
     _check_profile(issuer, key, "issuer", extensions, ca=True)
