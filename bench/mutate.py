@@ -9,7 +9,8 @@ never in the working tree.
 The module's tests (MODULES below) first run once under coverage, each test measured as its own context, so
 each mutant runs only the tests that execute the mutated lines (all of the module's tests when no test does in
 this process: lines run at import, or only in a `xboot serve` child), stopping at the first failure. A failure
-kills the mutant; a pass means it survived. It prints the score per module and every survivor with its line.
+(or a run that hangs) kills the mutant; a pass means it survived. It prints the score per module and every
+survivor with its line.
 Survivors judged equivalent (no input can tell them apart) are listed in EQUIVALENT with the reason, and
 reported as such rather than counted against the score.
 """
@@ -119,15 +120,15 @@ class _Mutator(ast.NodeTransformer):
         return self.generic_visit(node)
 
     def visit_keyword(self, node: ast.keyword) -> ast.AST:
-        if isinstance(node.value, ast.Constant) and type(node.value.value) is bool:
-            if self._site(node.value, f"{node.arg}={node.value.value} -> {not node.value.value}"):
-                node.value = ast.Constant(not node.value.value)
+        flag = isinstance(node.value, ast.Constant) and type(node.value.value) is bool
+        if flag and self._site(node.value, f"{node.arg}={node.value.value} -> {not node.value.value}"):
+            node.value = ast.Constant(not node.value.value)
         return self.generic_visit(node)
 
     def visit_Return(self, node: ast.Return) -> ast.AST:
-        if isinstance(node.value, ast.Constant) and type(node.value.value) is bool:
-            if self._site(node, f"return {node.value.value} -> {not node.value.value}"):
-                node.value = ast.Constant(not node.value.value)
+        flag = isinstance(node.value, ast.Constant) and type(node.value.value) is bool
+        if flag and self._site(node, f"return {node.value.value} -> {not node.value.value}"):
+            node.value = ast.Constant(not node.value.value)
         return self.generic_visit(node)
 
     def visit_Raise(self, node: ast.Raise) -> ast.AST:
@@ -137,9 +138,11 @@ class _Mutator(ast.NodeTransformer):
 
     def visit_Expr(self, node: ast.Expr) -> ast.AST:
         call = node.value
-        if isinstance(call, ast.Call) and not (isinstance(call.func, ast.Attribute) and call.func.attr in _LOGGING):
-            if self._site(node, f"call removed: {ast.unparse(call.func)}(...)"):
-                return ast.Pass()
+        effect = isinstance(call, ast.Call) and not (
+            isinstance(call.func, ast.Attribute) and call.func.attr in _LOGGING
+        )
+        if effect and self._site(node, f"call removed: {ast.unparse(call.func)}(...)"):  # type: ignore[attr-defined]
+            return ast.Pass()
         return self.generic_visit(node)
 
 
@@ -164,37 +167,46 @@ def _copy(destination: Path) -> None:
             (destination / tools).symlink_to(ROOT / tools)
 
 
-def _pytest(copy: Path, tests: list[str], env: dict[str, str] | None = None) -> bool:
+def _pytest(copy: Path, tests: list[str], timeout: float, env: dict[str, str] | None = None) -> bool:
+    """Whether the tests pass; a run that outlasts `timeout` fails (a mutant that hangs is caught)."""
     command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests]
     environment = {**os.environ, **(env or {})}
-    return subprocess.run(command, cwd=copy, capture_output=True, timeout=900, env=environment).returncode == 0
+    try:
+        return subprocess.run(command, cwd=copy, capture_output=True, timeout=timeout, env=environment).returncode == 0
+    except subprocess.TimeoutExpired:
+        return False
 
 
-def _tests_by_line(copy: Path, module: str, tests: tuple[str, ...]) -> dict[int, set[str]] | None:
-    """Runs the module's tests once under coverage: line -> node IDs of the tests that execute it."""
+def _tests_by_line(copy: Path, module: str, tests: tuple[str, ...]) -> tuple[dict[int, set[str]], float] | None:
+    """Runs the module's tests once under coverage: line -> node IDs of the tests that execute it, and how
+    long all of them took (a mutant's run may take a few times that before it counts as hung)."""
     import coverage
 
     data_file = copy / ".mutate-coverage"
     env = {"XBOOT_MUTATE_MODULE": str(copy / module), "XBOOT_MUTATE_DATA": str(data_file)}
-    if not _pytest(copy, ["-p", "bench.mutate_contexts", *tests], env):
+    started = time.monotonic()
+    if not _pytest(copy, ["-p", "bench.mutate_contexts", *tests], 1800, env):
         return None
+    took = time.monotonic() - started
     data = coverage.CoverageData(basename=str(data_file))
     data.read()
     found: dict[int, set[str]] = defaultdict(set)
     for line, contexts in (data.contexts_by_lineno(str(copy / module)) or {}).items():
         found[line].update(context for context in contexts if context)
-    return found
+    return found, took
 
 
 def _score(module: str, copies: Queue[Path], limit: int) -> tuple[int, int, list[tuple[Site, str]]]:
     tests = MODULES[module]
     first = copies.get()
     try:
-        by_line = _tests_by_line(first, module, tests)
+        measured = _tests_by_line(first, module, tests)
     finally:
         copies.put(first)
-    if by_line is None:
+    if measured is None:
         raise SystemExit(f"{module}: its tests fail unmutated; fix them first")
+    by_line, took = measured
+    patience = 3 * took + 30  # the whole module's tests three times over, with the machine shared by --jobs runs
     source = (ROOT / module).read_text()
     found = sites(source)[: limit or None]
 
@@ -203,7 +215,7 @@ def _score(module: str, copies: Queue[Path], limit: int) -> tuple[int, int, list
         copy = copies.get()
         try:
             (copy / module).write_text(mutant(source, site.index))
-            return _pytest(copy, chosen or list(tests))
+            return _pytest(copy, chosen or list(tests), patience)
         finally:
             (copy / module).write_text(source)
             copies.put(copy)

@@ -209,7 +209,8 @@ def test_the_signer_may_be_named_by_subject_key_identifier(ec_forge):
 
 def test_a_signer_embedded_twice_under_one_name_is_refused(ec_forge):
     pki = ec_forge.pki
-    twin = make_certificate("gw-forge", pki.gateway_key, (pki.issuing, pki.issuing_key), serial=pki.gateway.serial_number)
+    serial = pki.gateway.serial_number
+    twin = make_certificate("gw-forge", pki.gateway_key, (pki.issuing, pki.issuing_key), serial=serial)
     refused(ec_forge.but(certificates=[pki.gateway, twin, *pki.chain]), "signature_invalid", "exactly once")
 
 
