@@ -36,6 +36,7 @@ S = "xboot/service/"
 MODULES: dict[str, tuple[str, ...]] = {
     S + "ca/issuance.py": ("tests/test_issuance_profile.py", "tests/test_enrollment.py", "tests/test_hardening.py"),
     S + "reports/verify.py": (
+        "tests/test_report_signatures.py",
         "tests/test_reports_verify.py",
         "tests/test_path_validation.py",
         "tests/test_hardening.py",
