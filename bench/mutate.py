@@ -2,7 +2,8 @@
 
 Each mutant changes one place in one module: an `if` condition made False (the check dropped) or True, a
 comparison flipped (== and !=, < and >=, in and not in, is and is not), an integer bound moved by one, `and`
-and `or` swapped, `max` and `min` swapped, a returned or keyword True or False inverted, a `raise` replaced by `pass`, a
+and `or` swapped, `max` and `min` swapped, a returned or keyword True or False inverted (not
+`frozen=` or zip's `strict=`, which declare rather than check), a `raise` replaced by `pass`, a
 call made for its effect (a `verify()`, a check) removed. Mutants are made in copies of the tracked files,
 never in the working tree.
 
@@ -70,6 +71,12 @@ FLIPS = {
 _LOGGING = {"debug", "info", "warning", "error", "exception", "critical"}
 
 
+def _declaration(call: ast.Call, keyword: ast.keyword) -> bool:
+    """Flags that declare rather than check: a dataclass's `frozen`, `zip(strict=...)` over lengths equal by
+    construction. Flipping them changes no decision the module makes."""
+    return keyword.arg == "frozen" or (isinstance(call.func, ast.Name) and call.func.id == "zip")
+
+
 @dataclass(frozen=True)
 class Site:
     index: int
@@ -118,12 +125,12 @@ class _Mutator(ast.NodeTransformer):
             swapped = "min" if node.func.id == "max" else "max"
             if self._site(node, f"{node.func.id} -> {swapped}"):
                 node.func = ast.Name(swapped, ast.Load())
-        return self.generic_visit(node)
-
-    def visit_keyword(self, node: ast.keyword) -> ast.AST:
-        flag = isinstance(node.value, ast.Constant) and type(node.value.value) is bool
-        if flag and self._site(node.value, f"{node.arg}={node.value.value} -> {not node.value.value}"):
-            node.value = ast.Constant(not node.value.value)
+        for keyword in node.keywords:
+            flag = isinstance(keyword.value, ast.Constant) and type(keyword.value.value) is bool
+            if flag and not _declaration(node, keyword):
+                value = keyword.value.value  # type: ignore[attr-defined]
+                if self._site(keyword.value, f"{keyword.arg}={value} -> {not value}"):
+                    keyword.value = ast.Constant(not value)
         return self.generic_visit(node)
 
     def visit_Return(self, node: ast.Return) -> ast.AST:

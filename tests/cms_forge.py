@@ -37,7 +37,7 @@ def name(cn: str) -> x509.Name:
 
 
 def make_certificate(
-    subject: str,
+    subject: str | x509.Name,
     key: Any,
     issuer: tuple[x509.Certificate, Any] | None = None,
     *,
@@ -47,22 +47,28 @@ def make_certificate(
     extra: tuple[tuple[x509.ExtensionType, bool], ...] = (),
     hash_algorithm: hashes.HashAlgorithm | None = None,
     serial: int | None = None,
+    identifiers: tuple[bool, bool] = (True, True),  # (subjectKeyIdentifier, authorityKeyIdentifier) present
+    not_after: dt.datetime | None = None,
 ) -> x509.Certificate:
     """A v3 certificate for `key`, self-signed unless `issuer` (certificate, key) is given."""
     issuer_certificate, issuer_key = issuer if issuer is not None else (None, key)
+    subject_name = name(subject) if isinstance(subject, str) else subject
     builder = (
         x509.CertificateBuilder()
-        .subject_name(name(subject))
-        .issuer_name(issuer_certificate.subject if issuer_certificate is not None else name(subject))
+        .subject_name(subject_name)
+        .issuer_name(issuer_certificate.subject if issuer_certificate is not None else subject_name)
         .public_key(key.public_key())
         .serial_number(serial or x509.random_serial_number())
         .not_valid_before(NOW - dt.timedelta(days=1))
-        .not_valid_after(NOW + dt.timedelta(days=30))
+        .not_valid_after(not_after or NOW + dt.timedelta(days=30))
         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
         .add_extension(usage or (CA_USAGE if ca else LEAF_USAGE), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()), critical=False)
     )
+    if identifiers[0]:
+        builder = builder.add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+    if identifiers[1]:
+        aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key())
+        builder = builder.add_extension(aki, critical=False)
     if not ca:
         builder = builder.add_extension(
             x509.ExtendedKeyUsage(purposes or [ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False

@@ -8,13 +8,14 @@ embedded certificates are accepted and 17 are not.
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 import pytest
-from asn1crypto import core
+from asn1crypto import cms, core
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from tests.cms_forge import (
     CONTENT_TYPE,
@@ -30,7 +31,8 @@ from tests.cms_forge import (
 )
 from tests.helpers import openssl
 from xboot.errors import BadRequest, Unprocessable
-from xboot.service.reports.verify import MAX_CERTIFICATES, Verification, verify_signed_report
+from xboot.service.reports.smime import SignedMessage
+from xboot.service.reports.verify import MAX_CERTIFICATES, Verification, verify_path, verify_signed_report
 
 
 def verifies(forge: Forge) -> Verification:
@@ -346,3 +348,185 @@ def test_the_signer_validity_is_checked_at_receipt(ec_forge):
     assert verify_signed_report(message, anchors, gateway.not_valid_after_utc)
     with pytest.raises(Unprocessable, match="has expired"):
         verify_signed_report(message, anchors, gateway.not_valid_after_utc + dt.timedelta(seconds=1))
+
+
+# -- the message's structure -----------------------------------------------------------------------------------
+
+
+def test_trailing_bytes_after_the_cms_are_refused(ec_forge):
+    message = ec_forge.message()
+    padded = type(message)(message.cms + b"\0\0", message.detached_content, message.raw)
+    with pytest.raises(BadRequest) as caught:
+        verify_signed_report(padded, ec_forge.pki.anchors, NOW)
+    assert caught.value.code == "invalid_message"
+
+
+def test_a_content_info_that_is_not_signed_data_is_refused(ec_forge):
+    data = cms.ContentInfo({"content_type": "data", "content": b"report"}).dump()
+    message = SignedMessage(cms=data, detached_content=ec_forge.content, raw=data)
+    with pytest.raises(BadRequest, match="not SignedData"):
+        verify_signed_report(message, ec_forge.pki.anchors, NOW)
+
+
+def test_an_embedded_certificate_with_an_undecodable_name_is_malformed(ec_forge):
+    pki = ec_forge.pki
+    der = pki.issuing.public_bytes(serialization.Encoding.DER)
+    cn = b"Forge Issuing CA"
+    assert der.count(cn) == 1
+    broken = x509.load_der_x509_certificate(der.replace(cn, b"\xff" * len(cn)))  # invalid UTF-8 in a UTF8String
+    with pytest.raises(BadRequest, match="embedded certificate #2 is malformed"):
+        verifies(ec_forge.but(certificates=[pki.gateway, broken, pki.root]))
+
+
+def test_the_verification_details_name_the_signing_time_or_none(ec_forge):
+    assert verifies(ec_forge).details()["signingTime"] == NOW.isoformat().replace("+00:00", "Z")
+    assert verifies(ec_forge.but(attributes=_attributes(ec_forge, drop=SIGNING_TIME))).details()["signingTime"] is None
+
+
+def test_subject_key_identifier_matching_skips_certificates_without_one(ec_forge):
+    pki = ec_forge.pki
+    bare = make_certificate("no-ski", ec.generate_private_key(ec.SECP256R1()), identifiers=(False, False))
+    forge = ec_forge.but(sid="subject_key_identifier", certificates=[bare, pki.gateway, *pki.chain])
+    assert verifies(forge).signer == pki.gateway
+
+
+# -- certificate rules -----------------------------------------------------------------------------------------
+
+
+def test_a_serial_of_one_is_accepted():
+    pki = make_pki(serial=1)
+    assert verifies(Forge(pki).but(sid_serial=1)).signer.serial_number == 1
+
+
+def test_a_signer_without_subject_key_identifier_is_accepted_a_ca_without_one_is_not():
+    """SKI is required of CAs only (RFC 5280 4.2.1.2): the signer is checked as a leaf."""
+    pki = make_pki(identifiers=(False, True))
+    assert verifies(Forge(pki)).signer == pki.gateway
+    root_key, issuing_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    root = make_certificate("Forge Root", root_key, ca=True)
+    issuing = make_certificate("Forge Issuing CA", issuing_key, (root, root_key), ca=True, identifiers=(False, True))
+    gateway_key = ec.generate_private_key(ec.SECP256R1())
+    gateway = make_certificate("gw-forge", gateway_key, (issuing, issuing_key))
+    forge = Forge(make_pki()).but(certificates=[gateway, issuing, root])
+    forge.pki = type(forge.pki)(root, root_key, issuing, issuing_key, gateway, gateway_key)
+    refused(forge, "certificate_invalid", "has no subjectKeyIdentifier")
+
+
+def test_a_signer_with_an_empty_issuer_name_is_refused():
+    pki = make_pki()
+    key = pki.gateway_key
+    empty = (
+        x509.CertificateBuilder()
+        .subject_name(name("gw-forge"))
+        .issuer_name(x509.Name([]))
+        .public_key(key.public_key())
+        .serial_number(99)
+        .not_valid_before(NOW - dt.timedelta(days=1))
+        .not_valid_after(NOW + dt.timedelta(days=1))
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(pki.issuing_key, hashes.SHA256())
+    )
+    forge = Forge(pki).but(certificates=[empty, *pki.chain], sid="subject_key_identifier")
+    refused(forge, "certificate_invalid", "empty issuer name")
+
+
+@pytest.mark.parametrize(("length", "shortened"), [(160, False), (161, True)])
+def test_names_in_messages_are_shortened_past_160_characters(length, shortened):
+    """A sender's subject is quoted in the refusal, bounded: exactly 160 characters pass whole."""
+    units = [x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "u" * 60) for _ in range(2)]
+    prefix = x509.Name(units).rfc4514_string()
+    cn = "c" * (length - len(prefix) - len(",CN="))
+    subject = x509.Name([*units, x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+    assert len(subject.rfc4514_string()) == length
+    key = ec.generate_private_key(ec.SECP256R1())
+    stranger = make_certificate(subject, key)  # self-signed, trusted by nobody
+    gateway_key = ec.generate_private_key(ec.SECP256R1())
+    gateway = make_certificate("gw-forge", gateway_key, (stranger, key))
+    pki = make_pki()
+    forge = Forge(type(pki)(pki.root, pki.root_key, stranger, key, gateway, gateway_key)).but(
+        certificates=[gateway, stranger]
+    )
+    with pytest.raises(Unprocessable) as caught:
+        verifies(forge)
+    text = subject.rfc4514_string()
+    assert (text[:157] + "..." if shortened else text) in caught.value.message
+    assert (text not in caught.value.message) is shortened
+
+
+# -- path building ---------------------------------------------------------------------------------------------
+
+
+def _ca_chain(count: int) -> tuple[list[tuple[x509.Certificate, Any]], Any]:
+    """A root and `count` CAs below it, each issuing the next: [(certificate, key), ...], root first."""
+    root_key = ec.generate_private_key(ec.SECP256R1())
+    levels = [(make_certificate("Level 0", root_key, ca=True), root_key)]
+    for level in range(1, count + 1):
+        key = ec.generate_private_key(ec.SECP256R1())
+        levels.append((make_certificate(f"Level {level}", key, levels[-1], ca=True), key))
+    return levels, root_key
+
+
+@pytest.mark.parametrize(("intermediates", "accepted"), [(6, True), (7, False)])
+def test_paths_longer_than_eight_certificates_are_refused(intermediates, accepted):
+    levels, _ = _ca_chain(intermediates)
+    gateway_key = ec.generate_private_key(ec.SECP256R1())
+    gateway = make_certificate("gw-forge", gateway_key, levels[-1])
+    pki = make_pki()
+    pki = type(pki)(levels[0][0], levels[0][1], levels[-1][0], levels[-1][1], gateway, gateway_key)
+    forge = Forge(pki).but(certificates=[gateway, *(c for c, _ in reversed(levels))])
+    if accepted:
+        assert len(verifies(forge).path) == intermediates + 2
+    else:
+        refused(forge, "chain_invalid", "too long")
+
+
+def _cross_signed(expired_b: bool = False) -> tuple[Forge, x509.Certificate]:
+    """One issuing key with two certificates: A under a root nobody trusts, B under the trusted root."""
+    pki = make_pki()
+    stranger_key = ec.generate_private_key(ec.SECP256R1())
+    stranger = make_certificate("Stranger Root", stranger_key, ca=True)
+    a = make_certificate("Forge Issuing CA", pki.issuing_key, (stranger, stranger_key), ca=True)
+    late = NOW - dt.timedelta(hours=1) if expired_b else None
+    b = make_certificate("Forge Issuing CA", pki.issuing_key, (pki.root, pki.root_key), ca=True, not_after=late)
+    return Forge(pki).but(certificates=[pki.gateway, a, b, pki.root]), b
+
+
+def test_the_search_backtracks_past_an_issuer_whose_own_path_fails():
+    forge, b = _cross_signed()
+    path = verifies(forge).path
+    assert path[1] == b and path[2] == forge.pki.root
+
+
+def test_a_broken_link_is_reported_before_an_untrusted_end():
+    """Two dead ends, one expired and one untrusted: the sender learns about the expiry."""
+    forge, _ = _cross_signed(expired_b=True)
+    refused(forge, "certificate_invalid", "has expired")
+
+
+def test_verify_path_takes_a_signer_given_apart_from_the_certificates():
+    """Enrollment attestations pass the birth certificate apart from its chain."""
+    pki = make_pki()
+    path, fingerprints = verify_path(pki.gateway, [pki.issuing, pki.root], pki.anchors, NOW)
+    assert path == (pki.gateway, pki.issuing, pki.root) and len(fingerprints) == 3
+
+
+def test_root_name_constraints_bind_intermediates_but_not_self_issued_ones():
+    """RFC 5280 6.1.4 (b): a self-issued intermediate (key rollover) is exempt; any other CA is bound."""
+    contoso = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Contoso")])
+    constraint = (x509.NameConstraints([x509.DirectoryName(contoso)], None), True)
+    member = x509.Name([*contoso, x509.NameAttribute(NameOID.COMMON_NAME, "gw-forge")])
+    root_key = ec.generate_private_key(ec.SECP256R1())
+    root = make_certificate("Legacy Root", root_key, ca=True, extra=(constraint,))
+
+    def report_through(middle_name: str, identifiers: tuple[bool, bool]) -> Forge:
+        middle_key = ec.generate_private_key(ec.SECP256R1())
+        middle = make_certificate(middle_name, middle_key, (root, root_key), ca=True, identifiers=identifiers)
+        gateway_key = ec.generate_private_key(ec.SECP256R1())
+        gateway = make_certificate(member, gateway_key, (middle, middle_key))
+        pki = make_pki()
+        pki = type(pki)(root, root_key, middle, middle_key, gateway, gateway_key)
+        return Forge(pki).but(certificates=[gateway, middle, root])
+
+    rollover = report_through("Legacy Root", (True, False))  # self-issued: same name as the root, new key
+    assert len(verifies(rollover).path) == 3
+    refused(report_through("Outsider CA", (True, True)), "chain_invalid", "CN=Outsider CA")
