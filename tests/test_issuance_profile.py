@@ -75,7 +75,7 @@ def _usage(*, key_encipherment: bool) -> x509.KeyUsage:
 @pytest.mark.parametrize("kind", ["ec", "rsa"])
 @pytest.mark.parametrize("crl_url", [None, "https://xboot.example/api/crl"])
 def test_the_issued_leaf_has_exactly_the_documented_extensions(kind, crl_url, signer):
-    """README "Certificate profile": these extensions, these values, this criticality, and nothing else."""
+    """README "What gets issued": these extensions, these values, this criticality, and nothing else."""
     if kind == "ec":
         device = ec.generate_private_key(ec.SECP256R1()).public_key()
     else:
