@@ -63,6 +63,10 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
     (S + "ca/issuance.py", "bound 65537 -> 65536", "if key.public_numbers().e < 65537:"): (
         "the only exponent between is 65536, even, and cryptography refuses to load an RSA key with an even exponent"
     ),
+    (S + "reports/verify.py", "if condition -> True", "if signer not in pool:"): (
+        "inserting the signer when it is already in the pool only duplicates it; the search skips certificates "
+        "already on the path"
+    ),
 }
 FLIPS = {
     ast.Eq: ast.NotEq, ast.NotEq: ast.Eq, ast.Lt: ast.GtE, ast.GtE: ast.Lt, ast.Gt: ast.LtE, ast.LtE: ast.Gt,

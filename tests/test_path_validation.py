@@ -26,6 +26,7 @@ from tests.fixtures.report_pki import report_bytes
 from tests.helpers import openssl
 from tests.test_reports_verify import refused, verify
 from xboot.pki import sha256_fingerprint
+from xboot.service.reports import names
 from xboot.service.reports.trust import TrustAnchors
 from xboot.service.reports.verify import LENIENCY
 
@@ -284,3 +285,49 @@ def test_zero_negative_and_over_20_octet_serials_are_refused(tmp_path, serial):
     key = ["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out"]
     message, trust = _openssl_chain(tmp_path, key, serial)
     assert "serial" in refused(message, trust, "certificate_invalid")
+
+
+# -- the name matching rules, one by one ----------------------------------------------------------------------
+
+
+def _check(names_: list[x509.GeneralName], permitted: list[x509.GeneralName]) -> bool:
+    try:
+        names.check(names_, x509.NameConstraints(permitted, None), "gw", "CA")
+    except names.NameConstraintViolation:
+        return False
+    return True
+
+
+@pytest.mark.parametrize(
+    ("host", "constraint", "inside"),
+    [
+        ("gw.example.com", "", True),  # an empty dNSName constraint permits every name
+        ("example.com", ".example.com", False),  # a leading dot: names below, not the domain itself
+        ("gw.example.com", ".example.com", True),
+        ("gw.example.com.", "example.com", True),  # a trailing dot is the same name
+        ("GW.Example.COM", "example.com", True),
+        ("badexample.com", "example.com", False),
+    ],
+)
+def test_dns_subtrees(host, constraint, inside):
+    assert _check([x509.DNSName(host)], [x509.DNSName(constraint)]) is inside
+
+
+def test_an_empty_subject_is_not_a_directory_name():
+    """RFC 5280 4.2.1.10: directoryName constraints apply to the subject only when it is not empty."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([]))
+        .issuer_name(_name("CA"))
+        .public_key(key.public_key())
+        .serial_number(5)
+        .not_valid_before(NOW - dt.timedelta(days=1))
+        .not_valid_after(NOW + dt.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    alternative = x509.SubjectAlternativeName([x509.DNSName("gw.example.com")])
+    found = names.names_of(certificate, alternative)
+    assert found == [x509.DNSName("gw.example.com")]
+    contoso = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Contoso")])
+    assert _check(found, [x509.DirectoryName(contoso), x509.DNSName("example.com")])

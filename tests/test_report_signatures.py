@@ -120,8 +120,10 @@ def test_rsa_pss_parameters_must_match_the_digest(rsa_forge, changes, match):
     refused(rsa_forge.but(scheme="rsa-pss", **changes), "unsupported_algorithm", match)
 
 
-def test_a_pss_salt_at_the_bound_is_accepted(rsa_forge):
+def test_pss_salt_lengths_at_the_bounds_are_accepted(rsa_forge):
     assert verifies(rsa_forge.but(scheme="rsa-pss", pss_salt=0)).signature_algorithm == "rsa-pss"
+    # 512 is in range: it reaches the signature check (which fails: it was signed with 32), not the range refusal
+    refused(rsa_forge.but(scheme="rsa-pss", pss_salt=32, pss_salt_label=512), "signature_invalid", "does not verify")
 
 
 # -- signed attributes and content -----------------------------------------------------------------------------
@@ -368,14 +370,18 @@ def test_a_content_info_that_is_not_signed_data_is_refused(ec_forge):
         verify_signed_report(message, ec_forge.pki.anchors, NOW)
 
 
-def test_an_embedded_certificate_with_an_undecodable_name_is_malformed(ec_forge):
+@pytest.mark.parametrize("which", ["subject", "issuer"])
+def test_an_embedded_certificate_with_an_undecodable_name_is_malformed(ec_forge, which):
+    """Names decode lazily: each is decoded on arrival, so a bad one is the sender's 400, not a crash later."""
     pki = ec_forge.pki
-    der = pki.issuing.public_bytes(serialization.Encoding.DER)
-    cn = b"Forge Issuing CA"
+    certificate = pki.issuing if which == "subject" else pki.gateway
+    der = certificate.public_bytes(serialization.Encoding.DER)
+    cn = b"Forge Issuing CA"  # the issuing CA's subject; the gateway's issuer
     assert der.count(cn) == 1
     broken = x509.load_der_x509_certificate(der.replace(cn, b"\xff" * len(cn)))  # invalid UTF-8 in a UTF8String
-    with pytest.raises(BadRequest, match="embedded certificate #2 is malformed"):
-        verifies(ec_forge.but(certificates=[pki.gateway, broken, pki.root]))
+    others = [c for c in (pki.gateway, pki.issuing, pki.root) if c is not certificate]
+    with pytest.raises(BadRequest, match=r"embedded certificate #\d is malformed"):
+        verifies(ec_forge.but(certificates=[broken, *others]))
 
 
 def test_the_verification_details_name_the_signing_time_or_none(ec_forge):
@@ -484,11 +490,15 @@ def _cross_signed(expired_b: bool = False) -> tuple[Forge, x509.Certificate]:
     """One issuing key with two certificates: A under a root nobody trusts, B under the trusted root."""
     pki = make_pki()
     stranger_key = ec.generate_private_key(ec.SECP256R1())
-    stranger = make_certificate("Stranger Root", stranger_key, ca=True)
-    a = make_certificate("Forge Issuing CA", pki.issuing_key, (stranger, stranger_key), ca=True)
+    stranger = make_certificate("Other Root", stranger_key, ca=True)  # as long as "Forge Root": same sizes
     late = NOW - dt.timedelta(hours=1) if expired_b else None
     b = make_certificate("Forge Issuing CA", pki.issuing_key, (pki.root, pki.root_key), ca=True, not_after=late)
-    return Forge(pki).but(certificates=[pki.gateway, a, b, pki.root]), b
+    der = serialization.Encoding.DER
+    for _ in range(200):  # the CMS certificate SET is sorted by encoding: A must sort first, to be met first
+        a = make_certificate("Forge Issuing CA", pki.issuing_key, (stranger, stranger_key), ca=True)
+        if a.public_bytes(der) < b.public_bytes(der):
+            return Forge(pki).but(certificates=[pki.gateway, a, b, pki.root]), b
+    raise AssertionError("no ordering found")
 
 
 def test_the_search_backtracks_past_an_issuer_whose_own_path_fails():

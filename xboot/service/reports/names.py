@@ -67,14 +67,12 @@ def _within(name: x509.GeneralName, subtree: x509.GeneralName) -> bool:
     if isinstance(name, x509.UniformResourceIdentifier):
         host = urlsplit(name.value).hostname
         return host is not None and _host_within(host, subtree.value)  # no host: within no subtree
-    if isinstance(name, x509.IPAddress):
-        network = subtree.value
-        return isinstance(network, ipaddress.IPv4Network | ipaddress.IPv6Network) and (
-            isinstance(name.value, ipaddress.IPv4Address | ipaddress.IPv6Address)
-            and name.value.version == network.version
-            and name.value in network
-        )
-    return False
+    network = subtree.value  # an IPAddress, the last of _FORMS (check() refuses constraints of other forms)
+    return isinstance(network, ipaddress.IPv4Network | ipaddress.IPv6Network) and (
+        isinstance(name.value, ipaddress.IPv4Address | ipaddress.IPv6Address)
+        and name.value.version == network.version
+        and name.value in network
+    )
 
 
 def names_of(certificate: x509.Certificate, alternative: x509.SubjectAlternativeName | None) -> list[x509.GeneralName]:

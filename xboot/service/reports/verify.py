@@ -456,7 +456,8 @@ class _PathBuilder:
         for issuer in candidates:
             self.link_checks += 1
             if self.link_checks > MAX_LINK_CHECKS:
-                self.failures.append(_refused("chain_invalid", "the certificates in the message are too entangled"))
+                # The search gave up: say so first, whatever dead ends it met before.
+                self.failures.insert(0, _refused("chain_invalid", "the certificates in the message are too entangled"))
                 return None
             try:
                 _check_issuer(top, issuer, path, self.now)
