@@ -8,10 +8,12 @@ import pytest
 
 from tests.fixtures.report_pki import report_bytes
 from tests.helpers import openssl
-from xboot.errors import BadRequest
+from xboot.errors import BadRequest, ConfigurationError
 from xboot.pki import normalize_fingerprint
 from xboot.service.reports.smime import canonical_text, parse_signed_message, read_request, report_document
-from xboot.service.reports.trust import parse_fingerprint_list
+from xboot.service.reports.trust import CONFIG_KEY, parse_fingerprint_list, read_trust_list
+from xboot.service.settings import Settings
+from xboot.service.storage.file import FileStore
 
 FP = "BB:EA:2A:13:C7:21:DB:E0:01:37:07:58:5B:ED:85:09:47:D7:FF:8F:BF:9E:E4:65:9C:C3:BA:14:E3:7C:DD:D6"
 
@@ -76,7 +78,21 @@ def test_signature_part_base64_and_protocols():
             lambda m: m.replace(b"Content-Transfer-Encoding: base64", b"Content-Transfer-Encoding: quoted-printable"),
             "Transfer",
         ),
-        (lambda m: m.replace(b"\nMIIB\n", b"\nM!IB\n"), "base64"),
+        (lambda m: m.replace(b"\nMIIB\n", b"\nM!IB\n"), "signature part is not base64"),
+        (lambda m: m.replace(b"\nMIIB\n", b"\nMI=IB\n"), "signature part is not valid base64"),  # data after padding
+        (
+            lambda m: m.replace(b"Content-Type: application/pkcs7-signature", b"Content-Type: text/plain"),
+            "the second part must be application/pkcs7-signature",
+        ),
+        (
+            lambda m: m.replace(b"MIME-Version: 1.0\n", b"MIME-Version: 1.0\nMime-Version: 1.0\n"),
+            "header mime-version appears twice",
+        ),
+        (
+            lambda m: m.replace(b"\nContent-Type: application/pkcs7", b"\n Content-Type: application/pkcs7"),
+            "signature part: malformed header line",
+        ),  # a continuation line with nothing to continue
+        (lambda m: m.replace(b"\n--" + b"----AF88\n", b"\n------AF88\n------AF88\n", 1), "malformed part"),
         (lambda m: m.replace(b"multipart/signed", b"multipart/mixed"), "Content-Type"),
         (lambda m: m.replace(b"MIME-Version: 1.0\n", b"MIME-Version: 1.0\nno colon here\n"), "header"),
         (lambda m: m.replace(b"MIME-Version: 1.0\n", b"MIME-Version 1.0\n"), "not an S/MIME message"),
@@ -86,6 +102,27 @@ def test_malformed_smime_is_a_bad_request(damage, needle):
     with pytest.raises(BadRequest) as caught:
         parse_signed_message(damage(smime(b"Content-Type: text/plain\r\n\r\n{}")))
     assert needle in caught.value.message
+
+
+def test_folded_header_lines_are_joined():
+    folded = smime(b"x").replace(
+        b'; protocol="application/pkcs7-signature"', b';\n\tprotocol="application/pkcs7-signature"'
+    )
+    assert folded != smime(b"x")
+    assert parse_signed_message(folded).detached_content == b"x"
+
+
+def test_an_empty_body_is_named_as_such():
+    for empty in (b"", b" \r\n"):
+        with pytest.raises(BadRequest, match="the signed report is empty"):
+            parse_signed_message(empty)
+
+
+def test_a_raw_smime_body_is_read_whatever_its_request_type():
+    """Only multipart/form-data is unwrapped; any other request body is the message itself."""
+    message = smime(b"Content-Type: text/plain\r\n\r\n{}")
+    for content_type in (None, "application/octet-stream", "text/plain"):
+        assert read_request(message, content_type).detached_content == b"Content-Type: text/plain\r\n\r\n{}"
 
 
 def test_the_multipart_signed_type_may_come_from_the_request():
@@ -157,6 +194,10 @@ def test_the_report_json_is_read_from_the_signed_entity(signed):
         (b"Content-Type: text/plain\r\n\r\n" + b"[" * 100_000, "not JSON"),
         (b'{"gatewayId": 101012902}', "gatewayId"),
         (b'{"gatewayId": "' + b"x" * 129 + b'"}', "gatewayId"),
+        (b"[1, 2]", "must be a JSON object"),
+        (b'{"gatewayId": "gw\\u0007"}', "printable"),  # a control character
+        (b'{"gatewayId": "gw\\udfff"}', "printable"),  # a lone surrogate
+        (b'{"gatewayId": "gw\\ue000"}', "printable"),  # private use
     ],
 )
 def test_signed_content_that_is_not_a_report_is_refused(signed, needle):
@@ -181,6 +222,22 @@ def test_fingerprints_with_or_without_colons_in_any_case(text):
 )
 def test_invalid_fingerprints(text):
     assert normalize_fingerprint(text) is None
+
+
+def test_the_trust_list_is_capped_at_100_fingerprints():
+    many = [f"{n:064X}" for n in range(101)]
+    assert len(parse_fingerprint_list(many[:100])) == 100
+    with pytest.raises(BadRequest, match="at most 100 fingerprints"):
+        parse_fingerprint_list(many)
+
+
+@pytest.mark.parametrize("stored", [b"not json", b"[]", b'{"value": "FP"}', b'{"value": ["nope"]}', b"{}"])
+def test_an_unreadable_stored_trust_list_is_a_configuration_error(tmp_path, stored):
+    """Never an empty trust list in its place (that would silently refuse everything) nor a crash."""
+    store = FileStore(tmp_path)
+    store.replace(CONFIG_KEY, stored)
+    with pytest.raises(ConfigurationError, match="unreadable; set it again"):
+        read_trust_list(store, Settings({}))
 
 
 def test_a_list_with_one_bad_entry_is_refused_whole_and_duplicates_collapse():

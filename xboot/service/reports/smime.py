@@ -211,6 +211,6 @@ def report_document(signed: bytes) -> dict[str, Any]:
     gateway_id = document.get("gatewayId")
     if not isinstance(gateway_id, str) or not gateway_id.strip() or len(gateway_id) > MAX_GATEWAY_ID:
         raise _invalid_report(f"the signed report needs a gatewayId string of 1-{MAX_GATEWAY_ID} characters")
-    if not gateway_id.isprintable() or any(0xD800 <= ord(c) <= 0xDFFF for c in gateway_id):
+    if not gateway_id.isprintable():  # refuses control, format, surrogate, private-use and unassigned characters
         raise _invalid_report("the report's gatewayId must be printable Unicode text")
     return document
