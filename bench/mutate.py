@@ -45,7 +45,12 @@ MODULES: dict[str, tuple[str, ...]] = {
     S + "reports/names.py": ("tests/test_path_validation.py",),
     S + "reports/smime.py": ("tests/test_reports_smime.py", "tests/test_reports_verify.py", "tests/test_hardening.py"),
     S + "reports/trust.py": ("tests/test_reports_smime.py", "tests/test_reports_api.py"),
-    S + "lifecycle/revocation.py": ("tests/test_revocation.py", "tests/test_crl.py", "tests/test_hardening.py"),
+    S + "lifecycle/revocation.py": (
+        "tests/test_revocation_rules.py",
+        "tests/test_revocation.py",
+        "tests/test_crl.py",
+        "tests/test_hardening.py",
+    ),
     S + "enrollment/registration.py": ("tests/test_enrollment.py",),
     S + "enrollment/identity.py": ("tests/test_enrollment_authorization.py",),
     S + "enrollment/authorization/__init__.py": ("tests/test_enrollment_authorization.py",),
