@@ -52,7 +52,7 @@ MODULES: dict[str, tuple[str, ...]] = {
         "tests/test_hardening.py",
     ),
     S + "enrollment/registration.py": ("tests/test_enrollment.py",),
-    S + "enrollment/identity.py": ("tests/test_enrollment_authorization.py",),
+    S + "enrollment/identity.py": ("tests/test_identity_rules.py", "tests/test_enrollment_authorization.py"),
     S + "enrollment/authorization/__init__.py": ("tests/test_enrollment_authorization.py",),
     S + "enrollment/authorization/device_key.py": ("tests/test_enrollment_authorization.py",),
     S + "enrollment/authorization/token.py": ("tests/test_enrollment_authorization.py",),
