@@ -1,0 +1,123 @@
+"""Registration policy and the enrollment authorization settings, on plain settings: every refusal and the cache.
+
+The HTTP behaviour is in test_enrollment.py and test_enrollment_authorization.py; here each rule is met
+alone (an ID of 65 characters, an allow-list comment, a policy that is not callable, a token spent twice).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+
+import pytest
+
+import xboot.service.enrollment.registration as registration
+from xboot.errors import BadRequest, ConfigurationError, Forbidden
+from xboot.service.enrollment.authorization import (
+    REGISTRY,
+    Grant,
+    accepted_methods,
+    function_key_accepted,
+    spend_token,
+)
+from xboot.service.settings import Settings
+from xboot.service.storage import open_data_store
+
+
+def _settings(**values: str) -> Settings:
+    return Settings({**os.environ, **values})
+
+
+@pytest.fixture(autouse=True)
+def _no_cached_policy(monkeypatch):
+    monkeypatch.setattr(registration, "_cached", None)
+
+
+# -- registration IDs and policies ----------------------------------------------------------------------------
+
+
+def test_registration_ids_are_at_most_64_characters():
+    assert registration.validate_registration_id("d" * 64) == "d" * 64
+    with pytest.raises(BadRequest, match="longer than 64 characters"):
+        registration.validate_registration_id("d" * 65)
+
+
+def test_allow_list_entries_skip_comments_and_blanks():
+    assert registration._split_ids("Dev-1, dev-2\n#retired-3\n\n  dev-4 ") == {"dev-1", "dev-2", "dev-4"}
+
+
+def test_an_allow_list_file_must_exist(app_env):
+    settings = _settings(RegistrationPolicy="AllowList", AllowedRegistrationIdsFile="lists/missing.txt")
+    with pytest.raises(ConfigurationError, match="no such object in the data store"):
+        registration.load_registration_policy(settings)
+
+
+def test_an_allow_list_needs_ids_or_a_pattern(app_env):
+    with pytest.raises(ConfigurationError, match="needs AllowedRegistrationIds"):
+        registration.load_registration_policy(_settings(RegistrationPolicy="AllowList"))
+    by_pattern = registration.load_registration_policy(
+        _settings(RegistrationPolicy="AllowList", AllowedRegistrationIdPattern="sensor-[0-9]+")
+    )
+    assert by_pattern("sensor-12", None) and not by_pattern("sensor-x", None)  # type: ignore[arg-type]
+
+
+def test_an_invalid_pattern_is_a_configuration_error(app_env):
+    settings = _settings(RegistrationPolicy="AllowList", AllowedRegistrationIdPattern="sensor-[")
+    with pytest.raises(ConfigurationError, match="not a valid regular expression"):
+        registration.load_registration_policy(settings)
+
+
+@pytest.mark.parametrize(
+    ("policy", "message"),
+    [
+        ("os:sep", "is not callable"),
+        ("no_such_module_xyz:check", "cannot import"),
+        ("Bogus", "use AllowAll, AllowList or module:function"),
+    ],
+)
+def test_policy_names_that_cannot_work_are_configuration_errors(app_env, policy, message):
+    with pytest.raises(ConfigurationError, match=message):
+        registration.load_registration_policy(_settings(RegistrationPolicy=policy))
+
+
+def test_the_policy_is_cached_per_settings_and_the_file_reread_after_its_ttl(app_env):
+    store = open_data_store(_settings())
+    store.replace("lists/allowed.txt", b"dev-1")
+    cached = _settings(RegistrationPolicy="AllowList", AllowedRegistrationIdsFile="lists/allowed.txt")
+    assert registration.load_registration_policy(cached)("dev-1", None)  # type: ignore[arg-type]
+    store.replace("lists/allowed.txt", b"dev-2")
+    assert registration.load_registration_policy(cached)("dev-1", None)  # type: ignore[arg-type]  # within the TTL
+    assert registration.load_registration_policy(_settings(RegistrationPolicy="AllowAll")) is registration.allow_all
+    uncached = _settings(
+        RegistrationPolicy="AllowList", AllowedRegistrationIdsFile="lists/allowed.txt", SignerCacheSeconds="0"
+    )
+    assert registration.load_registration_policy(uncached)("dev-2", None)  # type: ignore[arg-type]
+    store.replace("lists/allowed.txt", b"dev-3")
+    assert registration.load_registration_policy(uncached)("dev-3", None)  # type: ignore[arg-type]
+
+
+# -- enrollment authorization settings and tokens --------------------------------------------------------------
+
+
+def test_unknown_authorization_methods_are_refused_and_duplicates_collapse():
+    with pytest.raises(ConfigurationError, match="unknown method"):
+        accepted_methods(_settings(EnrollmentAuthorization="DeviceKey,Telepathy"))
+    assert accepted_methods(_settings(EnrollmentAuthorization="DeviceKey, devicekey")) == (REGISTRY["devicekey"],)
+
+
+def test_a_bad_method_setting_keeps_the_hosts_key_check():
+    """The routes stay behind the function key; each request then names the bad setting."""
+    assert function_key_accepted(_settings(EnrollmentAuthorization="Telepathy")) is True
+    assert function_key_accepted(_settings(EnrollmentAuthorization="DeviceKey")) is False
+
+
+def test_a_token_is_spent_once(app_env):
+    store = open_data_store(_settings())
+    now = dt.datetime.now(dt.UTC)
+    grant = Grant("Token", token_id="jti-1", token_expires=int(now.timestamp()) + 60)
+    spend_token(grant, store, "dev-t", now)
+    with pytest.raises(Forbidden) as refused:
+        spend_token(grant, store, "dev-t", now)
+    assert refused.value.code == "token_used"
+    spend_token(Grant("FunctionKey"), store, "dev-t", now)  # no token: nothing to spend
+    spend_token(Grant("FunctionKey"), store, "dev-t", now)
