@@ -6,17 +6,22 @@ alone (an ID of 65 characters, an allow-list comment, a policy that is not calla
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import os
+from dataclasses import replace
 
 import pytest
 
 import xboot.service.enrollment.registration as registration
-from xboot.errors import BadRequest, ConfigurationError, Forbidden
+from xboot import dps
+from xboot.errors import BadRequest, ConfigurationError, Forbidden, Unauthorized
 from xboot.service.enrollment.authorization import (
     REGISTRY,
+    EnrollmentRequest,
     Grant,
     accepted_methods,
+    device_key,
     function_key_accepted,
     spend_token,
 )
@@ -121,3 +126,16 @@ def test_a_token_is_spent_once(app_env):
     assert refused.value.code == "token_used"
     spend_token(Grant("FunctionKey"), store, "dev-t", now)  # no token: nothing to spend
     spend_token(Grant("FunctionKey"), store, "dev-t", now)
+
+
+def test_basic_credentials_are_strict_base64():
+    """A decoder that skipped stray characters would accept a header the client never meant to send."""
+    group_key = base64.b64encode(b"policy-rules-group-key-0123456789").decode()
+    settings = Settings({"EnrollmentGroupKeys": group_key})
+    password = dps.derive_device_key(group_key, "dev-basic")
+    good = base64.b64encode(f"dev-basic:{password}".encode()).decode()
+    request = EnrollmentRequest("dev-basic", None, b"", f"Basic {good}")  # type: ignore[arg-type]
+    assert device_key.authorize(request, settings) == Grant("DeviceKey")
+    stray = replace(request, authorization=f"Basic {good[:8]}*{good[8:]}")
+    with pytest.raises(Unauthorized, match="not base64 user:password"):
+        device_key.authorize(stray, settings)
