@@ -74,6 +74,28 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
     (S + "ca/issuance.py", "bound 65537 -> 65536", "if key.public_numbers().e < 65537:"): (
         "the only exponent between is 65536, even, and cryptography refuses to load an RSA key with an even exponent"
     ),
+    (S + "lifecycle/revocation.py", "if condition -> False", "if not self.entries:"): (
+        "a shortcut: with no entries every index lookup finds nothing anyway"
+    ),
+    (S + "lifecycle/revocation.py", "if condition -> True", "if fresh or time.monotonic() >= self.expires:"): (
+        "a request that waited for the lock while another refreshed lists once more: the same snapshot, one "
+        "extra listing under contention"
+    ),
+    (S + "lifecycle/revocation.py", "if condition -> True", "if current.keys() != self.entries.keys():"): (
+        "rebuilds a snapshot identical to the one it replaces"
+    ),
+    (S + "lifecycle/revocation.py", "if condition -> False", "if None in entries:"): (
+        "the compacted copy is only a shortcut: an entry it cannot give is read on its own, as the listing decides"
+    ),
+    (S + "lifecycle/revocation.py", "if condition -> False", "if not revocations.has_ca_entries:"): (
+        "loads the signer to compare issuers where no serial or registration entry could match anyway"
+    ),
+    (S + "lifecycle/revocation.py", "if condition -> True", "if revocations.by_key:"): (
+        "a lookup in an empty index finds nothing"
+    ),
+    (S + "lifecycle/revocation.py", "if condition -> False", "if not revocations.entries:"): (
+        "a shortcut: with no entries the loop finds no revoked certificate"
+    ),
     (S + "reports/verify.py", "if condition -> True", "if signer not in pool:"): (
         "inserting the signer when it is already in the pool only duplicates it; the search skips certificates "
         "already on the path"
