@@ -62,7 +62,11 @@ MODULES: dict[str, tuple[str, ...]] = {
         "tests/test_enrollment_authorization.py",
     ),
     S + "enrollment/authorization/token.py": ("tests/test_token_rules.py", "tests/test_enrollment_authorization.py"),
-    S + "enrollment/authorization/certificate.py": ("tests/test_enrollment_authorization.py", "tests/test_est.py"),
+    S + "enrollment/authorization/certificate.py": (
+        "tests/test_certificate_rules.py",
+        "tests/test_enrollment_authorization.py",
+        "tests/test_est.py",
+    ),
     S + "storage/__init__.py": ("tests/test_hardening.py", "tests/test_reports_api.py"),
     S + "untrusted.py": ("tests/test_hardening.py",),
     S + "http/edge.py": ("tests/test_hardening.py", "tests/test_enrollment.py"),
