@@ -19,8 +19,6 @@ _ASCII_DIGITS = re.compile(r"[0-9]{1,9}")
 def json_depth(data: bytes) -> int:
     """The deepest nesting of arrays and objects in `data`, counting brackets outside strings."""
     brackets = _JSON_STRING.sub(b"", data).translate(None, _NOT_BRACKET)
-    if len(brackets) <= 1:
-        return len(brackets)
     depth = deepest = 0
     for byte in brackets:
         depth += 1 if byte in b"[{" else -1
