@@ -69,7 +69,7 @@ MODULES: dict[str, tuple[str, ...]] = {
     ),
     S + "storage/__init__.py": ("tests/test_storage_rules.py", "tests/test_hardening.py", "tests/test_reports_api.py"),
     S + "untrusted.py": ("tests/test_hardening.py",),
-    S + "http/edge.py": ("tests/test_hardening.py", "tests/test_enrollment.py"),
+    S + "http/edge.py": ("tests/test_edge_rules.py", "tests/test_hardening.py", "tests/test_enrollment.py"),
     S + "serve.py": ("tests/test_hardening.py", "tests/test_serve.py", "tests/test_front_door.py"),
     "xboot/dps.py": ("tests/test_enrollment_authorization.py",),
 }
@@ -99,6 +99,9 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
     ),
     (S + "lifecycle/revocation.py", "if condition -> False", "if not revocations.entries:"): (
         "a shortcut: with no entries the loop finds no revoked certificate"
+    ),
+    (S + "http/edge.py", "bound 500 -> 499", "if error.status >= 500:"): (
+        "no refusal has status 499: logging from 499 up logs the same errors"
     ),
     (S + "untrusted.py", "raise -> pass", 'raise ValueError("JSON nested too deeply") from None'): (
         "the depth bound, checked first, keeps the decoder far from Python's recursion limit; the handler is a "
