@@ -251,6 +251,28 @@ def test_an_empty_presented_key_never_matches():
     assert keys.permits("admin", "a-key") and keys.permits("function", "a-key") and not keys.permits("admin", "f-key")
 
 
+@pytest.mark.parametrize(
+    ("keys", "level", "presented", "allowed"),
+    [
+        (Keys(), "admin", None, True),  # no keys configured: every route answers (like Core Tools)
+        (Keys(), "function", None, True),
+        (Keys(admin="a-key"), "anonymous", None, True),
+        (Keys(admin="a-key"), "function", None, False),  # only an admin key: function routes need it too
+        (Keys(admin="a-key"), "function", "a-key", True),
+        (Keys(admin="a-key"), "admin", None, False),
+        (Keys(admin="a-key"), "admin", "wrong", False),
+        (Keys(admin="a-key"), "admin", "a-key", True),
+        (Keys(function="f-key"), "function", "f-key", True),
+        (Keys(function="f-key"), "function", "wrong", False),
+        (Keys(function="f-key"), "admin", "f-key", False),  # only a function key: no key opens admin routes
+        (Keys(function="f-key"), "admin", None, False),
+        (Keys(function="f-key"), "anonymous", None, True),
+    ],
+)
+def test_which_key_opens_which_route(keys, level, presented, allowed):
+    assert keys.permits(level, presented) is allowed
+
+
 def test_serve_with_an_empty_admin_key_in_the_environment_refuses_to_start(tmp_path):
     env = {"PATH": os.environ["PATH"], "XBOOT_SERVE_ADMIN_KEY": "", "DataDirectory": str(tmp_path)}
     run = subprocess.run([sys.executable, "-m", "xboot", "serve", "--port", "0"], capture_output=True, text=True,
