@@ -71,7 +71,7 @@ MODULES: dict[str, tuple[str, ...]] = {
     S + "untrusted.py": ("tests/test_hardening.py",),
     S + "http/edge.py": ("tests/test_edge_rules.py", "tests/test_hardening.py", "tests/test_enrollment.py"),
     S + "serve.py": ("tests/test_hardening.py", "tests/test_serve.py", "tests/test_front_door.py"),
-    "xboot/dps.py": ("tests/test_enrollment_authorization.py",),
+    "xboot/dps.py": ("tests/test_dps_rules.py", "tests/test_enrollment_authorization.py"),
 }
 # (module, mutation, the mutated line's text) -> why no input can tell the mutant from the original.
 EQUIVALENT: dict[tuple[str, str, str], str] = {
