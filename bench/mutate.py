@@ -70,7 +70,12 @@ MODULES: dict[str, tuple[str, ...]] = {
     S + "storage/__init__.py": ("tests/test_storage_rules.py", "tests/test_hardening.py", "tests/test_reports_api.py"),
     S + "untrusted.py": ("tests/test_hardening.py",),
     S + "http/edge.py": ("tests/test_edge_rules.py", "tests/test_hardening.py", "tests/test_enrollment.py"),
-    S + "serve.py": ("tests/test_hardening.py", "tests/test_serve.py", "tests/test_front_door.py"),
+    S + "serve.py": (
+        "tests/test_serve_rules.py",
+        "tests/test_hardening.py",
+        "tests/test_serve.py",
+        "tests/test_front_door.py",
+    ),
     "xboot/dps.py": ("tests/test_dps_rules.py", "tests/test_enrollment_authorization.py"),
 }
 # (module, mutation, the mutated line's text) -> why no input can tell the mutant from the original.
