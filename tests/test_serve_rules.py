@@ -146,7 +146,8 @@ def test_routes_are_loaded_from_the_directory_given(tmp_path, monkeypatch):
         (Keys(admin="a"), "keys enforced: the admin key on admin routes; the admin key on function routes too"
                           " (?code= or x-functions-key)"),
         (Keys(function="f", admin="a"), "keys enforced: the function key on function routes; the admin key on "
-                                        "admin routes; the admin key on function routes too (?code= or x-functions-key)"),
+                                        "admin routes; the admin key on function routes too"
+                                        " (?code= or x-functions-key)"),
     ],
 )  # fmt: skip
 def test_the_startup_line_says_which_keys_are_enforced(keys, line):
