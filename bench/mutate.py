@@ -78,6 +78,9 @@ MODULES: dict[str, tuple[str, ...]] = {
     ),
     "xboot/dps.py": ("tests/test_dps_rules.py", "tests/test_enrollment_authorization.py"),
 }
+_HOST_LINE = """host = environ.get("HTTP_HOST") or f"{environ.get('SERVER_NAME')}:{environ.get('SERVER_PORT')}\""""
+_WIRE_LINE = 'code = _WIRE_ERROR_CODES.get(error.code, "bad_request" if error.code < 500 else "internal_error")'
+_WIRE_CODES = "the parser errors this task answers are 400, 413, 431 and 501: none lies between 499 and 501"
 # (module, mutation, the mutated line's text) -> why no input can tell the mutant from the original.
 EQUIVALENT: dict[tuple[str, str, str], str] = {
     (S + "ca/issuance.py", "bound 65537 -> 65536", "if key.public_numbers().e < 65537:"): (
@@ -108,6 +111,9 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
     (S + "http/edge.py", "bound 500 -> 499", "if error.status >= 500:"): (
         "no refusal has status 499: logging from 499 up logs the same errors"
     ),
+    (S + "serve.py", "and/or swapped", _HOST_LINE): "no handler reads the host of the request URL",
+    (S + "serve.py", "bound 500 -> 501", _WIRE_LINE): _WIRE_CODES,
+    (S + "serve.py", "bound 500 -> 499", _WIRE_LINE): _WIRE_CODES,
     (S + "untrusted.py", "raise -> pass", 'raise ValueError("JSON nested too deeply") from None'): (
         "the depth bound, checked first, keeps the decoder far from Python's recursion limit; the handler is a "
         "safety net that no input below the bound can reach"
