@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import os
+import time
 from dataclasses import replace
 
 import pytest
@@ -139,3 +140,34 @@ def test_basic_credentials_are_strict_base64():
     stray = replace(request, authorization=f"Basic {good[:8]}*{good[8:]}")
     with pytest.raises(Unauthorized, match="not base64 user:password"):
         device_key.authorize(stray, settings)
+
+
+def _basic(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+def test_basic_credentials_must_be_this_devices_key():
+    group_key = base64.b64encode(b"policy-rules-group-key-0123456789").decode()
+    settings = Settings({"EnrollmentGroupKeys": group_key})
+    mine, theirs = dps.derive_device_key(group_key, "dev-basic"), dps.derive_device_key(group_key, "dev-other")
+    request = EnrollmentRequest("dev-basic", None, b"", _basic("dev-basic", mine))  # type: ignore[arg-type]
+    assert device_key.authorize(request, settings) == Grant("DeviceKey")
+    for header, message in [
+        (_basic("dev-basic", "not-the-key"), "not the device key of this user"),
+        (_basic("dev-basic", theirs), "not the device key of this user"),  # another device's key
+        ("Basic " + base64.b64encode(b"no-colon").decode(), "not base64 user:password"),
+    ]:
+        with pytest.raises(Unauthorized, match=message):
+            device_key.authorize(replace(request, authorization=header), settings)
+    with pytest.raises(Forbidden, match="not the CSR's registration ID"):
+        device_key.authorize(replace(request, authorization=_basic("dev-other", theirs)), settings)
+
+
+def test_sas_tokens_and_other_schemes():
+    group_key = base64.b64encode(b"policy-rules-group-key-0123456789").decode()
+    settings = Settings({"EnrollmentGroupKeys": group_key})
+    token = dps.sas_token(dps.derive_device_key(group_key, "dev-sas"), "dev-sas", int(time.time()) + 300)
+    request = EnrollmentRequest("dev-sas", None, b"", token)  # type: ignore[arg-type]
+    assert device_key.authorize(request, settings) == Grant("DeviceKey")
+    assert device_key.authorize(replace(request, authorization="Bearer abc"), settings) is None  # not ours
+    assert device_key.authorize(replace(request, authorization=None), settings) is None

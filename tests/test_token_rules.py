@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import time
+from dataclasses import replace
 
 import jwt
 import pytest
@@ -17,7 +18,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, x25519
 from cryptography.x509.oid import NameOID
 
-from xboot.errors import ConfigurationError, Unauthorized
+from xboot.errors import ConfigurationError, Forbidden, Unauthorized
 from xboot.service.enrollment.authorization import EnrollmentRequest, Grant
 from xboot.service.enrollment.authorization import token as token_method
 from xboot.service.settings import Settings
@@ -136,3 +137,36 @@ def test_claims_that_are_refused(changes, message):
 
 def test_a_jti_of_256_characters_is_accepted():
     assert _authorize(_token(jti="j" * 256)).token_id == "j" * 256
+
+
+def _csr_request(token: str) -> tuple[EnrollmentRequest, str]:
+    device = ec.generate_private_key(ec.SECP256R1())
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "dev-token")]))
+        .sign(device, hashes.SHA256())
+    )
+    der = csr.public_bytes(serialization.Encoding.DER)
+    return EnrollmentRequest("dev-token", csr, der, f"Bearer {token}"), token_method.spki_sha256(csr)
+
+
+def test_other_schemes_are_not_tokens():
+    request = EnrollmentRequest("dev-token", None, b"", "Basic abc")  # type: ignore[arg-type]
+    assert token_method.authorize(request, Settings({"EnrollmentTokenKeys": PEM.decode()})) is None
+
+
+def test_a_token_for_another_registration_id_is_forbidden():
+    with pytest.raises(Forbidden, match="another registration ID"):
+        _authorize(_token(sub="dev-other"))
+
+
+def test_a_token_bound_to_a_key_admits_that_key_only():
+    settings = Settings({"EnrollmentTokenKeys": PEM.decode()})
+    request, digest = _csr_request("")
+    for bound, accepted in [(digest, True), (digest.upper(), True), ("ab" * 32, False), (5, False)]:
+        bound_request = replace(request, authorization=f"Bearer {_token(sha=bound)}")
+        if accepted:
+            assert token_method.authorize(bound_request, settings) is not None
+        else:
+            with pytest.raises(Forbidden, match="bound"):
+                token_method.authorize(bound_request, settings)
