@@ -8,6 +8,7 @@ certificate, a renewal for another ID, settings that cannot work.
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import os
 from dataclasses import replace
 
@@ -23,6 +24,7 @@ from xboot.errors import ConfigurationError, Forbidden, Unauthorized
 from xboot.pki import sha256_fingerprint
 from xboot.service.enrollment.authorization import Attestation, EnrollmentRequest, Grant
 from xboot.service.enrollment.authorization import certificate as certificate_method
+from xboot.service.lifecycle import revocation
 from xboot.service.settings import Settings
 
 MAKER_KEY = ec.generate_private_key(ec.SECP256R1())
@@ -135,3 +137,11 @@ def test_a_renewal_must_be_for_the_current_certificates_registration_id(app_env,
         certificate_method.authorize(request, _settings())
     mine = replace(request, registration_id="dev-renew-a")
     assert certificate_method.authorize(mine, _settings()).renewal_of == current
+
+
+def test_a_revoked_birth_certificate_is_refused(ec_request):
+    birth = ec_request.attestation.certificates[0]
+    assert certificate_method.authorize(ec_request, _settings())
+    revocation.revoke(_settings(), "fingerprint", sha256_fingerprint(birth), "keyCompromise", dt.datetime.now(dt.UTC))
+    with pytest.raises(Unauthorized, match=r"not trusted: .*is revoked: keyCompromise"):
+        certificate_method.authorize(ec_request, _settings())
