@@ -171,3 +171,28 @@ def test_sas_tokens_and_other_schemes():
     assert device_key.authorize(request, settings) == Grant("DeviceKey")
     assert device_key.authorize(replace(request, authorization="Bearer abc"), settings) is None  # not ours
     assert device_key.authorize(replace(request, authorization=None), settings) is None
+
+
+def test_sas_token_refusals():
+    group_key = base64.b64encode(b"policy-rules-group-key-0123456789").decode()
+    other_group = base64.b64encode(b"another-group-key-0123456789abcd").decode()
+    settings = Settings({"EnrollmentGroupKeys": group_key})
+    device = dps.derive_device_key(group_key, "dev-sas")
+    soon = int(time.time()) + 300
+    request = EnrollmentRequest("dev-sas", None, b"", None)  # type: ignore[arg-type]
+    good = dps.sas_token(device, "dev-sas", soon)
+    cases = [
+        (good.replace("skn=registration", "skn=owner"), Unauthorized, "skn=registration and sr=registrations"),
+        (good.replace("sr=registrations%2F", "sr=devices%2F"), Unauthorized, "skn=registration and sr=registrations"),
+        (dps.sas_token(device, "dev-sas", int(time.time()) - 1), Unauthorized, "has expired"),
+        (dps.sas_token(device, "dev-sas", int(time.time()) + 7200), Unauthorized, "more than 3600 s ahead"),
+        (
+            dps.sas_token(dps.derive_device_key(other_group, "dev-sas"), "dev-sas", soon),
+            Unauthorized,
+            "does not verify",
+        ),
+        (dps.sas_token(dps.derive_device_key(group_key, "dev-x"), "dev-x", soon), Forbidden, "another registration ID"),
+    ]
+    for header, error, message in cases:
+        with pytest.raises(error, match=message):
+            device_key.authorize(replace(request, authorization=header), settings)
