@@ -492,10 +492,10 @@ def _cross_signed(expired_b: bool = False) -> tuple[Forge, x509.Certificate]:
     stranger_key = ec.generate_private_key(ec.SECP256R1())
     stranger = make_certificate("Other Root", stranger_key, ca=True)  # as long as "Forge Root": same sizes
     late = NOW - dt.timedelta(hours=1) if expired_b else None
-    b = make_certificate("Forge Issuing CA", pki.issuing_key, (pki.root, pki.root_key), ca=True, not_after=late)
     der = serialization.Encoding.DER
     for _ in range(200):  # the CMS certificate SET is sorted by encoding: A must sort first, to be met first
         a = make_certificate("Forge Issuing CA", pki.issuing_key, (stranger, stranger_key), ca=True)
+        b = make_certificate("Forge Issuing CA", pki.issuing_key, (pki.root, pki.root_key), ca=True, not_after=late)
         if a.public_bytes(der) < b.public_bytes(der):
             return Forge(pki).but(certificates=[pki.gateway, a, b, pki.root]), b
     raise AssertionError("no ordering found")
