@@ -83,6 +83,14 @@ class BackendUnavailable(XbootError):
     status = 503
     code = "backend_unavailable"
 
-    def __init__(self, message: str, *, retry_after: int = 5) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, *, retry_after: int = 5, code: str | None = None) -> None:
+        super().__init__(message, code=code)
         self.retry_after = retry_after
+
+
+class BadGateway(XbootError):
+    """An upstream CA answered with something unusable: an error, a malformed answer, or a certificate
+    that fails xboot's checks. Nothing was recorded or returned."""
+
+    status = 502
+    code = "upstream_failed"

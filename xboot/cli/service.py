@@ -92,7 +92,8 @@ def _checks_pass() -> bool:
     if not all(check.ok for check in checks):
         return False
     ca, store, enrollment = (check.details for check in checks)
-    print(f"CA ({ca['location']}): {ca['subject']}, SHA-256 {ca['sha256Fingerprint']}, valid until "
+    source = f"Location {ca['location']}" if "location" in ca else f"Issuer {ca['issuer']}, upstream"
+    print(f"CA ({source}): {ca['subject']}, SHA-256 {ca['sha256Fingerprint']}, valid until "
           f"{ca['notAfter']} ({ca['daysLeft']} days)", file=sys.stderr)  # fmt: skip
     print(f"data store: {store['kind']}", file=sys.stderr)
     print(f"enrollment authorization: {', '.join(enrollment['methods'])}", file=sys.stderr)

@@ -14,8 +14,8 @@ from typing import Any
 
 from xboot import __version__
 from xboot.errors import XbootError
-from xboot.service.ca import locations
-from xboot.service.ca.signer import load_signer
+from xboot.service.ca import issuers, locations
+from xboot.service.ca.signer import Signer
 from xboot.service.enrollment.authorization import accepted_methods
 from xboot.service.enrollment.authorization.function_key import WARNING
 from xboot.service.settings import Settings
@@ -42,26 +42,27 @@ def _failed(name: str, error: XbootError) -> Check:
 
 
 def check_ca(settings: Settings, now: dt.datetime | None = None) -> Check:
-    """The issuing CA loads and passes its checks: subject, fingerprint, notAfter and days left."""
+    """The issuing CA loads and passes its checks (an upstream answers, its chain leads to the pinned root):
+    who issues, subject, fingerprint, notAfter and days left."""
     now = now or dt.datetime.now(dt.UTC)
     try:
-        location = locations.resolve(settings).name
-        signer = load_signer(settings)
+        issuer = issuers.resolve(settings)
+        ca = issuer.authority(settings)
+        where = {"location": locations.resolve(settings).name} if isinstance(ca, Signer) else {}
     except XbootError as error:
         return _failed("ca", error)
-    not_after = signer.certificate.not_valid_after_utc
-    return Check(
-        "ca",
-        True,
-        {
-            "location": location,
-            "subject": signer.subject_text,
-            "sha256Fingerprint": signer.fingerprint,
-            "notAfter": not_after.isoformat().replace("+00:00", "Z"),
-            "daysLeft": (not_after - now).days,
-            "crlSign": signer.crl_sign,
-        },
-    )
+    not_after = ca.certificate.not_valid_after_utc
+    details: dict[str, Any] = {
+        "issuer": issuer.name,
+        **where,
+        "subject": ca.subject_text,
+        "sha256Fingerprint": ca.fingerprint,
+        "notAfter": not_after.isoformat().replace("+00:00", "Z"),
+        "daysLeft": (not_after - now).days,
+    }
+    if isinstance(ca, Signer):
+        details["crlSign"] = ca.crl_sign
+    return Check("ca", True, details)
 
 
 def check_data_store(settings: Settings) -> Check:

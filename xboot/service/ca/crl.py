@@ -28,6 +28,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from xboot.errors import BackendUnavailable
+from xboot.service.ca.issuers import require_local
 from xboot.service.ca.signer import Signer, load_signer
 from xboot.service.lifecycle.audit import audit_prefix
 from xboot.service.lifecycle.revocation import (
@@ -170,6 +171,7 @@ def _source(revocations: RevocationList, signer: Signer, hours: int, now: dt.dat
 def published_crl(settings: Settings, now: dt.datetime | None = None) -> PublishedCrl:
     """The current CRL; built (and signed) only when the stored one no longer answers for the list."""
     now = now or dt.datetime.now(dt.UTC)
+    require_local(settings, "CRL")
     store = open_data_store(settings)
     signer = load_signer(settings)
     signer.require_crl_sign("sign the CRL served at /api/crl")

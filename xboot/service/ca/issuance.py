@@ -23,6 +23,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from xboot.errors import BadRequest, ConfigurationError
 from xboot.pki import PublicKey, common_name, describe_key, is_pem
+from xboot.service.ca.authority import IssuingCa
 from xboot.service.ca.signer import Signer
 from xboot.service.settings import Settings
 
@@ -182,7 +183,8 @@ def build_certificate(
 class IssuedCertificate:
     registration_id: str
     certificate: x509.Certificate
-    signer: Signer
+    ca: IssuingCa  # who issued it: the local signer or an upstream CA
+    issuer: str = "Local"  # the Issuer setting's name for it
 
     @property
     def serial_number(self) -> str:
@@ -211,4 +213,4 @@ class IssuedCertificate:
         return base64.b64encode(self.der).decode("ascii")
 
     def chain_pem(self) -> str:
-        return self.pem + self.signer.chain_pem
+        return self.pem + self.ca.chain_pem

@@ -20,8 +20,9 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from xboot.errors import ConfigurationError
-from xboot.pki import PublicKey, certificates_to_pem, describe_key, sha256_fingerprint, spki_der
+from xboot.pki import PublicKey, describe_key, spki_der
 from xboot.service.ca import locations
+from xboot.service.ca.authority import IssuingCa
 from xboot.service.ca.material import CaKey, CaMaterial
 from xboot.service.settings import Settings
 
@@ -31,13 +32,13 @@ DEFAULT_CACHE_SECONDS = 300
 
 
 @dataclass(frozen=True)
-class Signer:
-    certificate: x509.Certificate
-    key: CaKey
-    chain: tuple[x509.Certificate, ...]
-    hash_algorithm: hashes.HashAlgorithm = field(compare=False)
-    crl_sign: bool = True  # keyUsage cRLSign: without it the CRL is refused, not signed
-    certificate_setting: str = "CertificateFile"
+class Signer(IssuingCa):
+    """The issuing CA with a key this process signs with (`Issuer` Local)."""
+
+    key: CaKey = field(kw_only=True)
+    hash_algorithm: hashes.HashAlgorithm = field(compare=False, kw_only=True)
+    crl_sign: bool = field(default=True, kw_only=True)  # keyUsage cRLSign: without it no CRL is signed
+    certificate_setting: str = field(default="CertificateFile", kw_only=True)
 
     def sign(self, builder: x509.CertificateBuilder) -> x509.Certificate:
         return self.key.sign_certificate(builder, self.hash_algorithm)
@@ -51,26 +52,12 @@ class Signer:
             )
 
     @cached_property
-    def chain_pem(self) -> str:
-        """The issuing CA and everything above it, as PEM (what devices append after their leaf)."""
-        return certificates_to_pem((self.certificate, *self.chain))
-
-    @cached_property
     def authority_key_identifier(self) -> x509.AuthorityKeyIdentifier:
         try:
             ski = self.certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
             return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
         except x509.ExtensionNotFound:
             return x509.AuthorityKeyIdentifier.from_issuer_public_key(self.certificate.public_key())
-
-    @cached_property
-    def fingerprint(self) -> str:
-        return sha256_fingerprint(self.certificate)
-
-    @cached_property
-    def subject_text(self) -> str:
-        """The CA's subject as RFC 4514 text: every leaf's issuer, rendered once per signer, not per certificate."""
-        return self.certificate.subject.rfc4514_string()
 
 
 def _hash_for(key: PublicKey, setting: str) -> hashes.HashAlgorithm:

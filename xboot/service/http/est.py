@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, pkcs7
 
 from xboot.errors import BadRequest, Forbidden, XbootError
 from xboot.pki import common_name
-from xboot.service.ca.signer import load_signer
+from xboot.service.ca.issuers import load_issuing_ca
 from xboot.service.enrollment.authorization import Attestation, EnrollmentRequest
 from xboot.service.enrollment.authorization.certificate import issued_by_this_ca
 from xboot.service.enrollment.enroll import enroll
@@ -132,9 +132,9 @@ def _request(
 
 @plain_text_refusals
 def cacerts(settings: Settings) -> ApiResponse:
-    """`GET /cacerts`: the issuing CA and the chain configured above it."""
-    signer = load_signer(settings)
-    return ApiResponse(200, _certs_only([signer.certificate, *signer.chain]), content_type=PKCS7_MIME)
+    """`GET /cacerts`: the issuing CA and the chain above it (an upstream's, when an upstream issues)."""
+    ca = load_issuing_ca(settings)
+    return ApiResponse(200, _certs_only([ca.certificate, *ca.chain]), content_type=PKCS7_MIME)
 
 
 @plain_text_refusals

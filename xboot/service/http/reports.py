@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from xboot.errors import BadRequest, ConfigurationError, NotFound, Unprocessable
-from xboot.service.ca.signer import load_signer
+from xboot.service.ca.issuers import load_issuing_ca
 from xboot.service.http.edge import ApiResponse, check_size, page_size
 from xboot.service.lifecycle.revocation import check_path
 from xboot.service.reports.smime import read_request, report_document
@@ -41,7 +41,7 @@ def _gateway_must_match(verification: Verification, settings: Settings) -> bool:
     if len(verification.path) < 2:
         return False
     try:
-        return verification.path_fingerprints[1] == load_signer(settings).fingerprint
+        return verification.path_fingerprints[1] == load_issuing_ca(settings).fingerprint
     except ConfigurationError:  # a reports-only deployment without a CA of its own
         return False
 

@@ -31,8 +31,9 @@ def record_issuance(store: ObjectStore, issued: IssuedCertificate, issued_at: dt
         "serialNumber": issued.serial_number,
         "sha256Fingerprint": issued.fingerprint,
         "subject": issued.certificate.subject.rfc4514_string(),
-        "issuer": issued.signer.subject_text,
-        "issuerSha256Fingerprint": issued.signer.fingerprint,
+        "issuer": issued.ca.subject_text,
+        "issuerSha256Fingerprint": issued.ca.fingerprint,
+        "issuedBy": issued.issuer,  # the Issuer that signed: Local or an upstream (EST, CFSSL, Custom)
         "authorization": authorization,  # the method that authorized it: FunctionKey, DeviceKey, Token, Certificate
         "notBefore": issued.certificate.not_valid_before_utc.isoformat(),
         "notAfter": issued.not_after.isoformat(),

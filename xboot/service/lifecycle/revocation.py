@@ -50,7 +50,7 @@ from xboot.errors import (
     Unprocessable,
 )
 from xboot.pki import PublicKey, common_name, is_pem, normalize_fingerprint, sha256_fingerprint, spki_der
-from xboot.service.ca.signer import load_signer
+from xboot.service.ca.issuers import load_issuing_ca
 from xboot.service.enrollment.registration import REGISTRATION_ID, validate_registration_id
 from xboot.service.lifecycle.audit import AUDIT_PREFIX, audit_key, audit_prefix
 from xboot.service.settings import Settings
@@ -393,7 +393,7 @@ def _ca_subject(settings: Settings, revocations: RevocationList) -> x509.Name | 
     if not revocations.has_ca_entries:
         return None
     try:
-        return load_signer(settings).certificate.subject
+        return load_issuing_ca(settings).certificate.subject
     except ConfigurationError:
         return None
 
@@ -479,7 +479,7 @@ def _from_records(kind: str, value: str, records: list[dict[str, Any]], registra
 def _current_ca(settings: Settings) -> str | None:
     """The issuing CA's fingerprint: serials named without a record are "a certificate of this CA"."""
     try:
-        return load_signer(settings).fingerprint
+        return load_issuing_ca(settings).fingerprint
     except ConfigurationError:
         return None
 
@@ -523,9 +523,9 @@ def _certificate_target(store: ObjectStore, value: object, settings: Settings) -
         keys: tuple[str, ...] = (key_hash(certificate.public_key()),)
     except UnsupportedAlgorithm:  # a foreign certificate's key type: it can never enroll here anyway
         keys = ()
-    signer = load_signer(settings)
+    ca = load_issuing_ca(settings)
     try:
-        certificate.verify_directly_issued_by(signer.certificate)
+        certificate.verify_directly_issued_by(ca.certificate)
     except (InvalidSignature, ValueError, TypeError, UnsupportedAlgorithm):
         return Target("fingerprint", fingerprint, (), None, keys)
     serial = format(certificate.serial_number, "X")
@@ -534,7 +534,7 @@ def _certificate_target(store: ObjectStore, value: object, settings: Settings) -
     if name is not None and REGISTRATION_ID.fullmatch(name):  # signed by our key outside the service: no record
         record = read_json(store, audit_key(name, serial))
     recorded = record is not None and record.get("sha256Fingerprint") == fingerprint
-    return Target("fingerprint", fingerprint, (serial,), name if recorded else None, keys, signer.fingerprint)
+    return Target("fingerprint", fingerprint, (serial,), name if recorded else None, keys, ca.fingerprint)
 
 
 def resolve(store: ObjectStore, selector: str, value: object, settings: Settings) -> Target:

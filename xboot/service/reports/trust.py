@@ -21,7 +21,7 @@ from cryptography import x509
 
 from xboot.errors import BadRequest, ConfigurationError
 from xboot.pki import normalize_fingerprint
-from xboot.service.ca.signer import load_signer
+from xboot.service.ca.issuers import load_issuing_ca
 from xboot.service.settings import Settings
 from xboot.service.storage import ObjectStore
 
@@ -107,12 +107,12 @@ def load_trust_anchors(store: ObjectStore, settings: Settings) -> TrustAnchors:
     certificates: tuple[x509.Certificate, ...] = ()
     if trusts_issuing_ca(settings):
         try:
-            signer = load_signer(settings)
+            ca = load_issuing_ca(settings)
         except ConfigurationError as error:
             raise ConfigurationError(
                 f"TrustIssuingCa is on but the issuing CA could not be loaded ({error.message}); "
                 "configure it or set TrustIssuingCa=false"
             ) from None
-        fingerprints.add(signer.fingerprint)
-        certificates = (signer.certificate,)
+        fingerprints.add(ca.fingerprint)
+        certificates = (ca.certificate,)
     return TrustAnchors(frozenset(fingerprints), certificates)

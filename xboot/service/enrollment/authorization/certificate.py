@@ -25,7 +25,7 @@ from cryptography.x509.oid import NameOID
 
 from xboot.errors import ConfigurationError, Forbidden, Unauthorized, Unprocessable
 from xboot.pki import normalize_fingerprint, sha256_fingerprint
-from xboot.service.ca.signer import load_signer
+from xboot.service.ca.issuers import load_issuing_ca
 from xboot.service.enrollment.authorization import CERTIFICATE, EnrollmentRequest, Grant, accepted_methods
 from xboot.service.lifecycle.audit import audit_key
 from xboot.service.lifecycle.revocation import check_path, revoked
@@ -58,7 +58,7 @@ def _check_signature(signer: x509.Certificate, signature: bytes, csr_der: bytes)
 
 def issued_by_this_ca(certificate: x509.Certificate, settings: Settings) -> bool:
     try:
-        certificate.verify_directly_issued_by(load_signer(settings).certificate)
+        certificate.verify_directly_issued_by(load_issuing_ca(settings).certificate)
     except (InvalidSignature, ValueError, TypeError, UnsupportedAlgorithm):
         return False
     return True
