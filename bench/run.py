@@ -1,6 +1,7 @@
 """`python -m bench [--quick] [--json PATH] [--only PARTS]`: run the benchmarks, print a table, write JSON.
 
-Parts: issuance (1, 2), reports (3), http (4), coldstart (5), backends (6), authorization (7). See bench/README.md.
+Parts: issuance (1, 2), reports (3), http (4), coldstart (5), backends (6), authorization (7),
+upstream (8). See bench/README.md.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ PARTS = {
     "coldstart": ("5. Cold start: fresh process per sample", "bench.coldstart"),
     "backends": ("6. Backend calls per 1,000 issuances", "bench.backends"),
     "authorization": ("7. Enrollment authorization: extra cost per enrollment, by method", "bench.authorization"),
+    "upstream": ("8. Upstream CAs: one enrollment through each Issuer vs signing locally", "bench.upstream"),
 }
 
 

@@ -308,8 +308,9 @@ def test_est_upstream_refusals(change, status, code, est_upstream: EstUpstream, 
 
 def test_basic_credentials_never_cross_the_network_in_clear_text(app_env, functions, monkeypatch, tmp_path,
                                                                  session_ca):  # fmt: skip
+    anchor = sha256_fingerprint(issuing_of(session_ca))
     use(monkeypatch, {"Issuer": "EST", "IssuerUrl": "http://est.example.com/.well-known/est", "IssuerUsername": "ra",
-                      "IssuerPassword": "secret", "IssuerTrustedFingerprint": sha256_fingerprint(issuing_of(session_ca)),
+                      "IssuerPassword": "secret", "IssuerTrustedFingerprint": anchor,
                       "IssuerCaCertificates": str(app_env["CertificateFile"])})  # fmt: skip
     message = refused(json_enroll(functions, tmp_path, "est-clear"), 500, "configuration_error")
     assert "https://" in message and "secret" not in message
