@@ -519,3 +519,73 @@ def test_enrollment_and_the_audit_record_are_unchanged_for_local(app_env, functi
     [record] = records()
     assert record["issuedBy"] == "Local"
     assert functions.call("GET", "/api/health").json()["ca"]["issuer"] == "Local"
+
+
+def test_the_readme_custom_hook_runs_as_written(session_ca, app_env, functions, monkeypatch, tmp_path):
+    """The README's `my_pki.py`, copied out of the README, against a stand-in for "your PKI's" REST API."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    start = readme.index("```python\n# my_pki.py")
+    source = readme[start + len("```python\n") : readme.index("```\n", start + 10)]
+    (tmp_path / "hooks").mkdir()
+    (tmp_path / "hooks" / "my_pki.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path / "hooks"))
+    seen: list[dict] = []
+
+    class Pki(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            document = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            seen.append(document)
+            csr = x509.load_pem_x509_csr(document["csr"].encode())
+            settings = Settings({"TestHookCa": str(session_ca.directory), "TestHookMode": "pem"})
+            pem = tests.upstream_hook.issue(csr, document["device"], settings)
+            body = json.dumps({"certificatePem": pem}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Pki)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        use(monkeypatch, custom_settings(session_ca, tmp_path, IssuerFunction="my_pki:issue",
+                                         MyPkiUrl=f"http://127.0.0.1:{server.server_address[1]}/issue"))  # fmt: skip
+        chain = chain_of(json_enroll(functions, tmp_path, "readme-hook"))
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert [d["device"] for d in seen] == ["readme-hook"]
+    openssl_verifies(chain, root_of(session_ca), tmp_path / "verify")
+
+
+def test_a_revocation_is_forwarded_to_cfssl(cfssl: Cfssl, app_env, functions, monkeypatch, tmp_path):
+    use(monkeypatch, cfssl.settings())
+    device = enroll(functions, tmp_path / "device", "cf-forward")
+    assert cfssl.status(device.serial) == ("good", 0)
+    reply = revoke(functions, serialNumber=device.serial, reason="keyCompromise")
+    assert reply.status == 201, reply.body
+    assert reply.json()["upstream"] == {"issuer": "CFSSL", "revoked": [device.serial], "failed": []}
+    assert cfssl.status(device.serial) == ("revoked", 1)  # RFC 5280 reason code 1: keyCompromise
+    again = revoke(functions, serialNumber=device.serial, reason="keyCompromise")  # a retry forwards again
+    assert again.status == 200 and again.json()["upstream"]["revoked"] == [device.serial]
+
+
+def test_a_revocation_cfssl_cannot_take_still_stands_in_xboot(cfssl: Cfssl, app_env, functions, monkeypatch,
+                                                               tmp_path):  # fmt: skip
+    use(monkeypatch, cfssl.settings())
+    device = enroll(functions, tmp_path / "device", "cf-forward-down")
+    monkeypatch.setenv("IssuerUrl", f"http://127.0.0.1:{free_port()}")  # CFSSL gone; the chain is pinned
+    reply = revoke(functions, serialNumber=device.serial, reason="keyCompromise")
+    assert reply.status == 201, reply.body
+    assert reply.json()["upstream"] == {"issuer": "CFSSL", "revoked": [], "failed": [device.serial]}
+    assert cfssl.status(device.serial) == ("good", 0)
+    refused(post_report(functions, sign_report(device)), 422, "revoked")
+
+
+def test_a_registration_id_revocation_without_certificates_forwards_nothing(cfssl: Cfssl, app_env, functions,
+                                                                            monkeypatch):  # fmt: skip
+    use(monkeypatch, cfssl.settings())
+    reply = revoke(functions, registrationId="cf-never-enrolled", reason="cessationOfOperation")
+    assert reply.status == 201 and "upstream" not in reply.json()

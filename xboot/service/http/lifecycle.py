@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from xboot.errors import BadRequest
-from xboot.service.ca import crl
+from xboot.service.ca import crl, issuers
 from xboot.service.enrollment.registration import validate_registration_id
 from xboot.service.http.edge import ApiResponse, field_ci, json_object, page_size
 from xboot.service.lifecycle import revocation
@@ -30,11 +30,22 @@ def revoke(body: bytes, settings: Settings, now: dt.datetime | None = None) -> A
     reason = revocation.normalize_reason(field_ci(request, "reason"))
     selector, value = given[0]
     entry, created = revocation.revoke(settings, selector, value, reason, now or dt.datetime.now(dt.UTC))
+    document = {**entry.to_json(), "duplicate": not created}
+    # an upstream that signed this CA's serials is told too where it has an API (CFSSL); a retry re-sends
+    forwarded = issuers.resolve(settings).forward_revocation(_own_serials(entry, settings), reason, settings)
+    if forwarded is not None:
+        document["upstream"] = forwarded.to_json()
     return ApiResponse(
         201 if created else 200,
-        {**entry.to_json(), "duplicate": not created},
+        document,
         headers={"Location": f"/api/mgmt/v1/revocations/{entry.id}"},
     )
+
+
+def _own_serials(entry: revocation.Revocation, settings: Settings) -> tuple[str, ...]:
+    if not entry.serial_numbers or issuers.issuer_name(settings) == issuers.DEFAULT:
+        return ()
+    return entry.serial_numbers if entry.issuer == issuers.load_issuing_ca(settings).fingerprint else ()
 
 
 def list_revocations(query: Mapping[str, str], settings: Settings) -> ApiResponse:

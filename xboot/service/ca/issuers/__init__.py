@@ -47,6 +47,23 @@ class Issuer(Protocol):
         """The device's certificate, issued by `ca`; raises rather than return one that fails a check."""
         ...
 
+    def forward_revocation(self, serials: tuple[str, ...], reason: str, settings: Settings) -> Forwarded | None:
+        """Revoke these serials (of `authority`) at the upstream too, where it has an API; None where not."""
+        ...
+
+
+@dataclass(frozen=True)
+class Forwarded:
+    """What the upstream said to a forwarded revocation: serials it revoked, and those it did not (retry
+    by sending the same revocation again; xboot's own entry applies either way)."""
+
+    issuer: str
+    revoked: tuple[str, ...]
+    failed: tuple[str, ...]
+
+    def to_json(self) -> dict[str, object]:
+        return {"issuer": self.issuer, "revoked": list(self.revoked), "failed": list(self.failed)}
+
 
 # name (as written in the setting) -> module beside this file
 REGISTRY: dict[str, str] = {"Local": "local", "EST": "est", "CFSSL": "cfssl", "Custom": "custom"}

@@ -20,6 +20,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from xboot.errors import BadGateway, ConfigurationError
+from xboot.service.ca.authority import IssuingCa
 from xboot.service.ca.issuers import Order
 from xboot.service.ca.issuers.transport import SETTINGS as TRANSPORT_SETTINGS
 from xboot.service.ca.issuers.transport import endpoint
@@ -102,4 +103,22 @@ def sign(order: Order, settings: Settings) -> list[x509.Certificate]:
     return _certificates(_result("/api/v1/cfssl/authsign", body, settings, "the CSR"), "the CSR")
 
 
-ISSUER = Upstream(NAME, (*TRANSPORT_SETTINGS, AUTH_KEY, PROFILE, LABEL), sign, fetch_ca)
+def revoke(serial: str, reason: str, ca: IssuingCa, settings: Settings) -> None:
+    """`/api/v1/cfssl/revoke` (CFSSL needs its certificate database, `-db-config`, for it). CFSSL names a
+    certificate by decimal serial and the hex key identifier of its CA; 1.2 (Debian's) stored an empty
+    identifier, so that is tried when the CA's own is not found."""
+    try:
+        ski = ca.certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest.hex()
+    except x509.ExtensionNotFound:
+        ski = ""
+    body = {"serial": str(int(serial, 16)), "reason": reason}
+    for identifier in dict.fromkeys((ski, "")):
+        try:
+            _result("/api/v1/cfssl/revoke", {**body, "authority_key_id": identifier}, settings, "the revocation")
+            return
+        except BadGateway:
+            if identifier == "":
+                raise
+
+
+ISSUER = Upstream(NAME, (*TRANSPORT_SETTINGS, AUTH_KEY, PROFILE, LABEL), sign, fetch_ca, revoke)

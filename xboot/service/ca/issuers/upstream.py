@@ -25,7 +25,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from xboot.errors import BackendUnavailable, BadGateway, BadRequest, ConfigurationError, XbootError
 from xboot.pki import common_name, is_pem, load_certificates, normalize_fingerprint, sha256_fingerprint, spki_der
 from xboot.service.ca.authority import IssuingCa
-from xboot.service.ca.issuers import SETTING, Order
+from xboot.service.ca.issuers import SETTING, Forwarded, Order
 from xboot.service.ca.signer import DEFAULT_CACHE_SECONDS
 from xboot.service.settings import Settings
 
@@ -42,6 +42,7 @@ WEAK_HASHES = (hashes.MD5, hashes.SHA1)
 
 FetchCa = Callable[[Settings], Sequence[x509.Certificate]]
 Sign = Callable[[Order, Settings], Sequence[x509.Certificate]]
+Revoke = Callable[[str, str, IssuingCa, Settings], None]  # serial (hex), reason, the issuing CA; raises on failure
 
 
 def _bad(issuer: str, what: str, code: str) -> BadGateway:
@@ -176,6 +177,7 @@ class Upstream:
     settings: tuple[str, ...]  # the module's own settings: a change to any reloads the CA chain
     sign: Sign
     fetch_ca: FetchCa | None = None
+    revoke: Revoke | None = None
 
     def authority(self, settings: Settings) -> IssuingCa:
         return _cache.get(self, settings)
@@ -191,6 +193,21 @@ class Upstream:
             raise ConfigurationError(f"setting {CA_CERTIFICATES} is required for Issuer {self.name}")
         fetched = self.fetch_ca(settings)
         return build_authority(fetched, trusted, now, lambda what: _bad(self.name, what, "upstream_untrusted"))
+
+    def forward_revocation(self, serials: tuple[str, ...], reason: str, settings: Settings) -> Forwarded | None:
+        if self.revoke is None or not serials:
+            return None
+        ca = self.authority(settings)
+        revoked, failed = [], []
+        for serial in serials:
+            try:
+                self.revoke(serial, reason, ca, settings)
+            except XbootError as error:
+                log.warning("upstream %s: revoking %s failed: %s", self.name, serial, error.code)
+                failed.append(serial)
+            else:
+                revoked.append(serial)
+        return Forwarded(self.name, tuple(revoked), tuple(failed))
 
     def issue(self, order: Order, ca: IssuingCa, settings: Settings) -> x509.Certificate:
         for name in LOCAL_ONLY:
