@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import socket
 import threading
 import time
@@ -589,3 +590,23 @@ def test_a_registration_id_revocation_without_certificates_forwards_nothing(cfss
     use(monkeypatch, cfssl.settings())
     reply = revoke(functions, registrationId="cf-never-enrolled", reason="cessationOfOperation")
     assert reply.status == 201 and "upstream" not in reply.json()
+
+
+def test_every_issuer_setting_is_documented_in_the_readme():
+    root = Path(__file__).resolve().parent.parent
+    names = set()
+    for module in (root / "xboot" / "service" / "ca" / "issuers").glob("*.py"):
+        names |= set(re.findall(r'"(Issuer[A-Za-z]*)"', module.read_text()))
+    assert {"Issuer", "IssuerUrl", "IssuerAuthKey", "IssuerFunction"} <= names
+    readme = (root / "README.md").read_text()
+    assert [name for name in sorted(names) if f"`{name}`" not in readme] == []
+
+
+def test_serve_names_the_upstream_at_start(cfssl: Cfssl, app_env, monkeypatch, capsys):
+    from xboot.cli.service import _checks_pass
+
+    use(monkeypatch, cfssl.settings())
+    assert _checks_pass()
+    line = next(line for line in capsys.readouterr().err.splitlines() if line.startswith("CA ("))
+    assert line.startswith("CA (Issuer CFSSL, upstream): CN=xboot development intermediate CA")
+    assert sha256_fingerprint(issuing_of(cfssl.ca)) in line
