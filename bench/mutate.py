@@ -69,7 +69,7 @@ MODULES: dict[str, tuple[str, ...]] = {
     ),
     S + "storage/__init__.py": ("tests/test_storage_rules.py", "tests/test_hardening.py", "tests/test_reports_api.py"),
     S + "untrusted.py": ("tests/test_hardening.py",),
-    S + "ca/issuers/upstream.py": ("tests/test_upstream_ca.py",),
+    S + "ca/issuers/upstream.py": ("tests/test_upstream_rules.py", "tests/test_upstream_ca.py"),
     S + "ca/issuers/transport.py": ("tests/test_upstream_ca.py",),
     S + "ca/issuers/est.py": ("tests/test_upstream_ca.py",),
     S + "ca/issuers/cfssl.py": ("tests/test_upstream_ca.py",),

@@ -49,6 +49,7 @@ def make_certificate(
     serial: int | None = None,
     identifiers: tuple[bool, bool] = (True, True),  # (subjectKeyIdentifier, authorityKeyIdentifier) present
     not_after: dt.datetime | None = None,
+    not_before: dt.datetime | None = None,
 ) -> x509.Certificate:
     """A v3 certificate for `key`, self-signed unless `issuer` (certificate, key) is given."""
     issuer_certificate, issuer_key = issuer if issuer is not None else (None, key)
@@ -59,7 +60,7 @@ def make_certificate(
         .issuer_name(issuer_certificate.subject if issuer_certificate is not None else subject_name)
         .public_key(key.public_key())
         .serial_number(serial or x509.random_serial_number())
-        .not_valid_before(NOW - dt.timedelta(days=1))
+        .not_valid_before(not_before or NOW - dt.timedelta(days=1))
         .not_valid_after(not_after or NOW + dt.timedelta(days=30))
         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
         .add_extension(usage or (CA_USAGE if ca else LEAF_USAGE), critical=True)

@@ -1,10 +1,11 @@
 """HTTP to an upstream CA: TLS as configured, one deadline, bounded retries, bounded answers.
 
 Standard library only (http.client), one kept-alive connection per thread and upstream. A request is
-retried only when the upstream cannot have issued anything: the connection was refused or dropped
-before an answer, or it answered 502/503/504. A read that times out is not retried (the upstream may
-have signed; nothing is recorded or returned here either way). Every attempt's timeout is cut to what
-is left of the request's deadline (`RequestDeadlineSeconds`).
+retried when the connection was refused or dropped before any answer, or the upstream answered
+502/503/504; a read that times out is not retried. Either way nothing is recorded or returned here
+unless an answer passes every check, so the worst a retry can cost is a certificate for the device's
+own key that the upstream made and nobody received. Every attempt's timeout is cut to what is left of
+the request's deadline (`RequestDeadlineSeconds`).
 """
 
 from __future__ import annotations
