@@ -30,6 +30,7 @@ from tests.helpers import make_csr, openssl
 from tests.test_revocation import enroll, est_reenroll, new_key, post_report, refused, revoke, sign_report
 from xboot.pki import sha256_fingerprint
 from xboot.service.ca.devca import DevelopmentCa
+from xboot.service.ca.issuers.transport import clear_connections
 from xboot.service.ca.issuers.upstream import clear_authority_cache
 from xboot.service.lifecycle.audit import AUDIT_PREFIX
 from xboot.service.settings import Settings
@@ -41,9 +42,11 @@ EST = "/api/.well-known/est"
 @pytest.fixture(autouse=True)
 def _fresh_authorities() -> Iterator[None]:
     clear_authority_cache()
+    clear_connections()
     tests.upstream_hook.CALLS.clear()
     yield
     clear_authority_cache()
+    clear_connections()
 
 
 def use(monkeypatch: pytest.MonkeyPatch, settings: dict[str, str]) -> None:

@@ -3,6 +3,7 @@ what a CSR may hold to be forwarded, and each check of what an upstream answered
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import datetime as dt
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import pkcs7
 from cryptography.x509.oid import NameOID
 
 import xboot.service.ca.issuers.upstream as upstream
@@ -20,7 +22,8 @@ from tests.helpers import openssl
 from xboot.errors import BackendUnavailable, BadGateway, BadRequest, ConfigurationError
 from xboot.pki import sha256_fingerprint
 from xboot.service.ca.authority import IssuingCa
-from xboot.service.ca.issuers import Order
+from xboot.service.ca.issuers import Order, est
+from xboot.service.ca.issuers.transport import Answer, clear_connections, endpoint
 from xboot.service.settings import Settings
 
 
@@ -321,3 +324,43 @@ def test_validity_up_to_the_setting_plus_a_day(issuing):
         upstream.check_issued([leaf], order, issuing.authority, "Test")
     assert upstream.check_issued([leaf], dataclasses.replace(order, validity=dt.timedelta(days=30)),
                                  issuing.authority, "Test") == leaf  # fmt: skip
+
+
+# -- EST: credentials and answers -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "allowed"),
+    [("https://est.example/x", True), ("http://127.0.0.1:1/x", True), ("http://localhost:1/x", True),
+     ("http://est.example/x", False), ("http://10.0.0.1/x", False)],
+)  # fmt: skip
+def test_basic_credentials_go_over_https_or_loopback_only(url, allowed):
+    clear_connections()
+    settings = Settings({"IssuerUrl": url, "IssuerUsername": "ra", "IssuerPassword": "pw"})
+    if allowed:
+        assert est._headers(settings, endpoint(settings, "EST")) == {"Authorization": "Basic cmE6cHc="}
+    else:
+        with pytest.raises(ConfigurationError, match="clear text"):
+            est._headers(settings, endpoint(settings, "EST"))
+
+
+@pytest.mark.parametrize("given", [{"IssuerUsername": "ra"}, {"IssuerPassword": "pw"}])
+def test_basic_username_and_password_go_together(given):
+    clear_connections()
+    settings = Settings({"IssuerUrl": "https://est.example/x", **given})
+    with pytest.raises(ConfigurationError, match="go together"):
+        est._headers(settings, endpoint(settings, "EST"))
+    assert est._headers(Settings({"IssuerUrl": "https://est.example/x"}), endpoint(settings, "EST")) == {}
+
+
+def test_est_answers_are_strict_base64_pkcs7(issuing):
+    der = pkcs7.serialize_certificates([issuing.ca], serialization.Encoding.DER)
+    encoded = base64.encodebytes(der)
+    assert est._certificates(Answer(200, encoded), "x") == [issuing.ca]
+    for body in (encoded.replace(b"A", b"*", 1), b"", b"bm90IHBrY3M3"):  # a stray character; empty; base64 of junk
+        with pytest.raises(BadGateway) as caught:
+            est._certificates(Answer(200, body), "x")
+        assert caught.value.code == "upstream_invalid_answer"
+    with pytest.raises(BadGateway) as refused:
+        est._certificates(Answer(401, encoded), "x")
+    assert refused.value.code == "upstream_refused" and "HTTP 401" in refused.value.message

@@ -17,7 +17,7 @@ import ssl
 import threading
 import time
 import urllib.parse
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from xboot.errors import BackendUnavailable, BadGateway, ConfigurationError
@@ -43,7 +43,6 @@ _RETRIED_STATUSES = (502, 503, 504)
 @dataclass(frozen=True)
 class Answer:
     status: int
-    content_type: str
     body: bytes
 
 
@@ -57,8 +56,8 @@ class Endpoint:
     port: int
     path: str  # the URL's path without a trailing slash
     timeout: float
-    context: ssl.SSLContext | None = field(compare=False)
-    identity: tuple[str | None, ...] = ()  # the settings it was made from: kept-alive connections follow them
+    context: ssl.SSLContext | None
+    identity: tuple[str | None, ...]  # the settings it was made from: kept-alive connections follow them
 
     @property
     def loopback(self) -> bool:
@@ -104,31 +103,34 @@ class Endpoint:
     def _attempt(self, method: str, target: str, body: bytes | None, headers: dict[str, str]) -> Answer:
         connection, reused = _connection(self)
         try:
-            connection.timeout = deadline.cap(self.timeout)
-            if connection.sock is not None:
-                connection.sock.settimeout(connection.timeout)
             try:
-                connection.request(method, target, body=body, headers=headers)
-                response = connection.getresponse()
+                response = self._send(connection, method, target, body, headers)
             except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
                 if not reused:
                     raise
-                # the upstream closed a kept-alive connection while idle: nothing was processed
+                # the upstream closed a kept-alive connection while it was idle: nothing was processed
                 _drop(self)
                 connection, _ = _connection(self)
-                connection.timeout = deadline.cap(self.timeout)
-                connection.request(method, target, body=body, headers=headers)
-                response = connection.getresponse()
+                response = self._send(connection, method, target, body, headers)
             data = response.read(MAX_ANSWER_BYTES + 1)
             if len(data) > MAX_ANSWER_BYTES:
                 raise BadGateway(f"the upstream CA (Issuer {self.issuer}) answered with too much data")
-            content_type = response.getheader("Content-Type", "") or ""
             if response.will_close:
                 _drop(self)
-            return Answer(response.status, content_type, data)
+            return Answer(response.status, data)
         except BaseException:
             _drop(self)
             raise
+
+    def _send(
+        self, connection: http.client.HTTPConnection, method: str, target: str, body: bytes | None,
+        headers: dict[str, str],
+    ) -> http.client.HTTPResponse:  # fmt: skip
+        connection.timeout = deadline.cap(self.timeout)
+        if connection.sock is not None:  # a kept-alive connection: this request's deadline, not the last one's
+            connection.sock.settimeout(connection.timeout)
+        connection.request(method, target, body=body, headers=headers)
+        return connection.getresponse()
 
 
 _local = threading.local()
@@ -148,6 +150,14 @@ def _connection(endpoint: Endpoint) -> tuple[http.client.HTTPConnection, bool]:
         connection = http.client.HTTPConnection(endpoint.host, endpoint.port, timeout=timeout)
     pool[endpoint] = connection
     return connection, False
+
+
+def clear_connections() -> None:
+    """Forget every endpoint and this thread's kept-alive connections (tests start from nothing)."""
+    with _endpoints_lock:
+        _endpoints.clear()
+    for connection in _local.__dict__.pop("pool", {}).values():
+        connection.close()
 
 
 def _drop(endpoint: Endpoint) -> None:
