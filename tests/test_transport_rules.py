@@ -152,22 +152,22 @@ def test_connection_close_is_honoured(server, pauses):
 
 
 def test_a_read_timeout_is_not_retried(server, pauses):
-    server.script = [("hang", 3)]
+    server.script = [("hang", 10)]
     started = time.monotonic()
     with pytest.raises(BackendUnavailable) as caught:
         endpoint(server, IssuerTimeoutSeconds="1").call("POST", "/sign", b"{}")
     assert "did not answer in time" in caught.value.message and caught.value.retry_after == 10
-    assert server.requests == 1 and time.monotonic() - started < 2
+    assert server.requests == 1 and time.monotonic() - started < 5
 
 
 def test_a_kept_alive_connection_takes_this_request_s_deadline(server, pauses):
     upstream = endpoint(server, IssuerTimeoutSeconds="30")
     upstream.call("POST", "/a", b"{}")  # connected with a 30 s timeout
-    server.script = [("answer", 200, b"ok", True), ("hang", 5)]
+    server.script = [("answer", 200, b"ok", True), ("hang", 10)]
     started = time.monotonic()
     with deadline.request_deadline(0.5), pytest.raises(BackendUnavailable):
         upstream.call("POST", "/b", b"{}")
-    assert time.monotonic() - started < 1.5
+    assert time.monotonic() - started < 5  # 30 s if the kept-alive socket kept its old timeout
 
 
 def test_past_the_deadline_nothing_is_sent(server, pauses):

@@ -333,7 +333,7 @@ class _Fake(BaseHTTPRequestHandler):
         plan = self.server.plan  # type: ignore[attr-defined]
         status, body = plan[min(self.server.requests, len(plan)) - 1]  # type: ignore[attr-defined]
         if status == "hang":
-            time.sleep(5)
+            time.sleep(10)
             return
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
@@ -389,7 +389,7 @@ def test_upstream_faults_answer_bounded_json_and_keep_nothing(plan, status, code
     assert fake_upstream.requests == requests  # type: ignore[attr-defined]
     if status == 503:
         assert reply.headers.get("Retry-After") == "10"
-    assert elapsed < 4
+    assert elapsed < 5  # the slow upstream takes 10 s
 
 
 def test_an_upstream_that_is_down_is_503_with_retry_after(cfssl: Cfssl, app_env, functions, monkeypatch, tmp_path):
@@ -406,7 +406,7 @@ def test_the_request_deadline_bounds_every_attempt(fake_upstream, cfssl, app_env
                                    RequestDeadlineSeconds="1"))  # fmt: skip
     started = time.monotonic()
     no_record_and(json_enroll(functions, tmp_path, "deadline-1"), 503, "upstream_unavailable")
-    assert time.monotonic() - started < 3
+    assert time.monotonic() - started < 5  # the upstream takes 10 s, the per-attempt timeout is 60 s
 
 
 def test_a_fetched_chain_outlives_an_upstream_outage(cfssl: Cfssl, app_env, functions, monkeypatch, tmp_path):
@@ -495,7 +495,7 @@ def test_a_slow_custom_hook_is_cut_off(session_ca, app_env, functions, monkeypat
     use(monkeypatch, custom_settings(session_ca, tmp_path, TestHookMode="slow", IssuerTimeoutSeconds="1"))
     started = time.monotonic()
     no_record_and(json_enroll(functions, tmp_path, "custom-slow"), 503, "upstream_unavailable")
-    assert time.monotonic() - started < 2.5
+    assert time.monotonic() - started < 5  # the hook takes 10 s
 
 
 @pytest.mark.parametrize(

@@ -49,7 +49,7 @@ def issue(csr: x509.CertificateSigningRequest, registration_id: str, settings: S
     if mode == "unavailable":
         raise BackendUnavailable("the partner CA is in maintenance", retry_after=42)
     if mode == "slow":
-        time.sleep(3)
+        time.sleep(10)
     if mode == "junk":
         return 42
     if mode == "empty":
