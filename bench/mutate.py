@@ -88,6 +88,20 @@ _WIRE_LINE = 'code = _WIRE_ERROR_CODES.get(error.code, "bad_request" if error.co
 _WIRE_CODES = "the parser errors this task answers are 400, 413, 431 and 501: none lies between 499 and 501"
 # (module, mutation, the mutated line's text) -> why no input can tell the mutant from the original.
 EQUIVALENT: dict[tuple[str, str, str], str] = {
+    (S + "ca/issuers/upstream.py", "if condition -> False", "if entry is not None and time.monotonic() < entry[0]:"): (
+        "the lock-free fast path of the CA-chain cache: without it every lookup takes the lock and finds the "
+        "same entry there (the check under the lock is pinned by a concurrency test)"
+    ),
+    (S + "ca/issuers/transport.py", "if condition -> False", "if response.will_close:"): (
+        "http.client closes a connection whose answer said Connection: close and reopens it on the next request"
+    ),
+    (S + "ca/issuers/transport.py", "call removed: connection.close(...)", "connection.close()"): (
+        "the connection is dropped from the pool in the same statement; CPython closes its socket as it is freed"
+    ),
+    (S + "ca/issuers/custom.py", "call removed: future.cancel(...)", "future.cancel()"): (
+        "a hook past its timeout is running, and a running future cannot be cancelled; cancel only helps a hook "
+        "still queued behind 8 running ones, which then never runs (not observable in the answer)"
+    ),
     (S + "ca/issuance.py", "bound 65537 -> 65536", "if key.public_numbers().e < 65537:"): (
         "the only exponent between is 65536, even, and cryptography refuses to load an RSA key with an even exponent"
     ),

@@ -33,7 +33,7 @@ from tests.test_key_locations import _self_signed_ca
 from tests.test_reports_api import SYSTEM, TRUST, assert_refusal, post
 from xboot.cli import build_parser, join_dash_values
 from xboot.service.ca.devca import create_development_ca
-from xboot.service.serve import FunctionsWsgiApp, Keys, create_server
+from xboot.service.serve import FunctionsWsgiApp, Keys, create_server, listen
 from xboot.service.storage import MAX_KEY_CHARS, MAX_SEGMENT_BYTES, check_key
 from xboot.service.untrusted import json_depth, parse_json
 
@@ -198,7 +198,7 @@ def test_an_unmasked_ip_name_constraint_on_a_ca_is_a_4xx(app_env, functions, gui
 
 @pytest.fixture
 def wire(app_env, functions):
-    server = create_server(FunctionsWsgiApp(functions.table), "127.0.0.1", 0, 2)
+    server = create_server(FunctionsWsgiApp(functions.table), listen("127.0.0.1", 0), 2)
     threading.Thread(target=server.run, daemon=True).start()
     yield server.effective_port
     server.close()
@@ -468,7 +468,7 @@ def test_create_fsyncs_the_file_and_its_folder(tmp_path, monkeypatch):
         real_fsync(fd)
 
     monkeypatch.setattr(os, "fsync", recording_fsync)
-    store = FileStore(tmp_path)
+    store = FileStore(tmp_path, "file")  # DataSync file: each write flushes on its own
     assert store.create("a/b/c.json", b"{}")
     assert synced.count("file") == 1 and synced[-1] == "dir" and synced.count("dir") >= 2  # new folders, the link
     synced.clear()

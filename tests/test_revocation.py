@@ -424,7 +424,18 @@ def _entry_written_by_another_instance(app_env: dict[str, str], registration_id:
     path.write_text(json.dumps(entry.to_json()))
 
 
+def test_other_processes_on_one_file_store_see_a_revocation_at_once(app_env, functions, tmp_path, monkeypatch):
+    """`xboot serve`'s worker processes: the revocations folder's timestamp says the list changed."""
+    monkeypatch.setenv("RevocationCacheSeconds", "300")
+    key = new_key(tmp_path)
+    assert enroll_with(functions, key, "dev-sibling").status == 200  # warms this process's snapshot
+    _entry_written_by_another_instance(app_env, "dev-sibling")
+    refused(enroll_with(functions, key, "dev-sibling"), 403, "registration_revoked")
+
+
 def test_other_instances_see_a_revocation_within_the_cache_time(app_env, functions, tmp_path, monkeypatch):
+    """Instances that share no change token (Blob): the snapshot's time to live bounds the delay."""
+    monkeypatch.setattr(xboot.service.storage.file.FileStore, "folder_version", lambda self, prefix: None)
     monkeypatch.setenv("RevocationCacheSeconds", "30")
     key = new_key(tmp_path)
     assert enroll_with(functions, key, "dev-elsewhere").status == 200  # warms this instance's snapshot

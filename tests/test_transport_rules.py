@@ -268,3 +268,12 @@ def test_endpoints_are_made_once_per_settings_and_at_most_seventeen_kept():
     assert len(transport._endpoints) == 1
     transport.clear_connections()
     assert transport._endpoints == {}
+
+
+def test_after_a_timeout_the_next_request_gets_a_fresh_connection(server, pauses):
+    upstream = endpoint(server, IssuerTimeoutSeconds="1")
+    server.script = [("hang", 10), ("answer", 200, b"ok", True)]
+    with pytest.raises(BackendUnavailable):
+        upstream.call("POST", "/a", b"{}")
+    assert upstream.call("POST", "/b", b"{}").body == b"ok"
+    assert server.connections == 2 and pauses == []

@@ -613,3 +613,11 @@ def test_serve_names_the_upstream_at_start(cfssl: Cfssl, app_env, monkeypatch, c
     line = next(line for line in capsys.readouterr().err.splitlines() if line.startswith("CA ("))
     assert line.startswith("CA (Issuer CFSSL, upstream): CN=xboot development intermediate CA")
     assert sha256_fingerprint(issuing_of(cfssl.ca)) in line
+
+
+def test_a_revocation_cfssl_does_not_know_is_reported_failed(cfssl: Cfssl, app_env, functions, monkeypatch):
+    """A serial xboot never recorded, named as this CA's: CFSSL answers "not found" to both identifiers."""
+    use(monkeypatch, cfssl.settings())
+    reply = revoke(functions, serialNumber="7E57AB1E", reason="keyCompromise")
+    assert reply.status == 201, reply.body
+    assert reply.json()["upstream"] == {"issuer": "CFSSL", "revoked": [], "failed": ["7E57AB1E"]}

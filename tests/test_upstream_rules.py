@@ -6,6 +6,8 @@ from __future__ import annotations
 import base64
 import dataclasses
 import datetime as dt
+import threading
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -22,7 +24,7 @@ from tests.helpers import openssl
 from xboot.errors import BackendUnavailable, BadGateway, BadRequest, ConfigurationError
 from xboot.pki import sha256_fingerprint
 from xboot.service.ca.authority import IssuingCa
-from xboot.service.ca.issuers import Order, est
+from xboot.service.ca.issuers import Order, cfssl, custom, est
 from xboot.service.ca.issuers.transport import Answer, clear_connections, endpoint
 from xboot.service.settings import Settings
 
@@ -364,3 +366,57 @@ def test_est_answers_are_strict_base64_pkcs7(issuing):
     with pytest.raises(BadGateway) as refused:
         est._certificates(Answer(401, encoded), "x")
     assert refused.value.code == "upstream_refused" and "HTTP 401" in refused.value.message
+
+
+def test_concurrent_misses_load_the_chain_once(counted, monkeypatch):
+    started, release = threading.Event(), threading.Event()
+    fetches: list[int] = []
+
+    def slow_fetch(settings: Settings) -> list[x509.Certificate]:
+        fetches.append(1)
+        started.set()
+        release.wait(5)
+        return [counted.issuing, counted.root]
+
+    source = upstream.Upstream("Slow", (), lambda order, settings: [], slow_fetch)
+    settings = settings_for(counted)
+    first = threading.Thread(target=source.authority, args=(settings,))
+    first.start()
+    started.wait(5)
+    second = threading.Thread(target=source.authority, args=(settings,))
+    second.start()
+    time.sleep(0.1)  # the second is waiting for the lock the first holds
+    release.set()
+    first.join(5), second.join(5)
+    assert len(fetches) == 1
+
+
+def test_est_base64_with_a_stray_character_is_refused(issuing):
+    der = pkcs7.serialize_certificates([issuing.ca], serialization.Encoding.DER)
+    encoded = base64.b64encode(der)
+    with pytest.raises(BadGateway) as caught:
+        est._certificates(Answer(200, encoded[:10] + b"!" + encoded[10:]), "x")
+    assert caught.value.code == "upstream_invalid_answer"
+
+
+@pytest.mark.parametrize(("value", "ok"), [("ab" * 16, True), ("ab" * 15, False), ("xyz", False)])
+def test_cfssl_auth_keys_are_hex_of_at_least_16_bytes(value, ok):
+    settings = Settings({"IssuerAuthKey": value})
+    if ok:
+        assert cfssl._auth_key(settings) == bytes.fromhex(value)
+    else:
+        with pytest.raises(ConfigurationError, match="IssuerAuthKey"):
+            cfssl._auth_key(settings)
+    assert cfssl._auth_key(Settings({})) is None
+
+
+def test_cfssl_answers_without_a_pem_certificate_say_so():
+    for result in ({"certificate": "nope"}, {"certificate": 42}, {}):
+        with pytest.raises(BadGateway, match="without a PEM certificate"):
+            cfssl._certificates(result, "the CSR")
+
+
+@pytest.mark.parametrize("value", [42, "not pem", b"junk", [1, 2], None])
+def test_a_custom_hook_answer_that_is_not_certificates_says_so(value):
+    with pytest.raises(BadGateway, match="returned something other than PEM"):
+        custom._certificates(value)

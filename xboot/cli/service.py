@@ -29,6 +29,7 @@ DEFAULT_PORT = 7071
 # The keys `xboot serve` enforces. Distinct from the clients' XBOOT_FUNCTION_KEY / XBOOT_ADMIN_KEY, so that an
 # operator who exports a key for the CLI does not turn key checks on in a local server by accident.
 SERVE_FUNCTION_KEY = "XBOOT_SERVE_FUNCTION_KEY"
+SERVE_WORKERS = "XBOOT_SERVE_WORKERS"
 SERVE_ADMIN_KEY = "XBOOT_SERVE_ADMIN_KEY"
 SERVICE_EXTRAS = "xboot serve needs the service's packages: pip install 'xboot[service]' (or scripts/setup)"
 
@@ -105,7 +106,8 @@ def _checks_pass() -> bool:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     try:
-        from xboot.service.serve import FunctionsWsgiApp, Keys, create_server, load_routes
+        from xboot.service.serve import FunctionsWsgiApp, Keys, create_server, listen, load_routes
+        from xboot.service.workers import run_workers
     except ImportError as error:
         print(f"error: {SERVICE_EXTRAS} ({error.name} is missing)", file=sys.stderr)
         return 1
@@ -130,20 +132,42 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ValueError as error:
         print(f"error: {error} (--function-key/{SERVE_FUNCTION_KEY}, --admin-key/{SERVE_ADMIN_KEY})", file=sys.stderr)
         return 2
+    workers = args.workers if args.workers is not None else _default_workers()
+    if not 1 <= workers <= 64 or args.threads < 1:
+        print("error: --workers must be 1-64 and --threads at least 1", file=sys.stderr)
+        return 2
     try:
-        server = create_server(FunctionsWsgiApp(table, keys), args.host, args.port, args.threads)
+        sock = listen(args.host, args.port)
     except OSError as error:
         reason = "it is in use (another xboot serve or func start?)" if error.errno == errno.EADDRINUSE else (
             error.strerror or str(error))  # fmt: skip
         print(f"error: cannot listen on {args.host}:{args.port}: {reason}", file=sys.stderr)
         return 1
+    port = sock.getsockname()[1]
+    app = FunctionsWsgiApp(table, keys)
     for route in table.routes:
         methods = ",".join(sorted(route.methods)) if route.methods else "ALL"
-        print(f"  {route.name}: [{methods}] http://{args.host}:{server.effective_port}{route.path}", file=sys.stderr)
+        print(f"  {route.name}: [{methods}] http://{args.host}:{port}{route.path}", file=sys.stderr)
     print(keys.describe(), file=sys.stderr)
-    print(f"xboot serving on http://{args.host}:{server.effective_port} with {args.threads} threads", file=sys.stderr)
-    server.run()
-    return 0
+    shape = f"{workers} worker processes x {args.threads} threads" if workers > 1 else f"{args.threads} threads"
+    print(f"xboot serving on http://{args.host}:{port} with {shape}", file=sys.stderr, flush=True)
+    if workers == 1:
+        create_server(app, sock, args.threads).run()
+        return 0
+    return run_workers(lambda: create_server(app, sock, args.threads).run(), workers)
+
+
+def _default_workers() -> int:
+    """One worker process per core (XBOOT_SERVE_WORKERS overrides); one where fork is missing."""
+    configured = os.environ.get(SERVE_WORKERS)
+    if configured:
+        try:
+            return int(configured)
+        except ValueError:
+            return 0  # refused with the range message
+    if not hasattr(os, "fork"):
+        return 1
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def cmd_init_ca(args: argparse.Namespace) -> int:
@@ -276,7 +300,13 @@ def add_commands(
     serve = commands.add_parser("serve", help="serve function_app.py's routes locally (like func start)")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
-    serve.add_argument("--threads", type=int, default=8, help="worker threads (default 8)")
+    serve.add_argument("--threads", type=int, default=8, help="threads per worker process (default 8)")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help=f"worker processes sharing the port (default: one per core, or {SERVE_WORKERS})",
+    )
     serve.add_argument("--app-dir", default=".", help="folder holding function_app.py and host.json")
     serve.add_argument(
         "--function-key",

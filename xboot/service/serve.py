@@ -12,6 +12,7 @@ import hmac
 import json
 import logging
 import re
+import socket
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -265,12 +266,17 @@ def json_error_channel() -> type:
     return JsonErrorChannel
 
 
-def create_server(app: FunctionsWsgiApp, host: str, port: int, threads: int) -> Any:
-    """The waitress server `run` serves, bound (port 0 picks a free one) but not yet serving."""
+def listen(host: str, port: int) -> socket.socket:
+    """The listening socket (port 0 picks a free one), bound before any worker starts."""
+    return socket.create_server((host, port), backlog=1024)
+
+
+def create_server(app: FunctionsWsgiApp, sock: socket.socket, threads: int) -> Any:
+    """The waitress server for `sock`, not yet serving; each worker process makes its own."""
     import waitress
 
     server = waitress.create_server(
-        app, host=host, port=port, threads=threads, max_request_body_size=MAX_WIRE_BODY, ident="xboot"
+        app, sockets=[sock], threads=threads, max_request_body_size=MAX_WIRE_BODY, ident="xboot"
     )
     server.channel_class = json_error_channel()
     return server

@@ -55,6 +55,14 @@ def credential() -> Any:
         return _credential
 
 
+def forget_clients() -> None:
+    """Drop the credential and every client (a forked worker must not share their connections)."""
+    global _credential
+    with _credential_lock, _clients_lock:
+        _credential = None
+        _clients.clear()
+
+
 def shared_client(key: Hashable, create: Callable[[], Any]) -> Any:
     """One SDK client per endpoint for the process: it holds the connection pool (and, with it, the token)."""
     with _clients_lock:

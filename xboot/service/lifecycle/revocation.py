@@ -301,15 +301,19 @@ class _View:
         self.snapshot = RevocationList.of(())
         self.expires = 0.0
         self.current = False  # loaded at least once and not invalidated since
+        self.version: int | None = None  # the store's folder_version when it was last listed
 
     def get(self, store: ObjectStore, ttl: int, fresh: bool) -> RevocationList:
-        if not fresh and time.monotonic() < self.expires:
+        version = store.folder_version(PREFIX)
+        changed = version != self.version  # another process of this server changed the list: wait for it
+        if not fresh and not changed and time.monotonic() < self.expires:
             return self.snapshot
-        if not self.lock.acquire(blocking=fresh or not self.current):
+        if not self.lock.acquire(blocking=fresh or changed or not self.current):
             return self.snapshot
         try:
-            if fresh or time.monotonic() >= self.expires:
+            if fresh or version != self.version or time.monotonic() >= self.expires:
                 self._refresh(store)
+                self.version = version
                 self.expires = time.monotonic() + ttl
                 self.current = True
             return self.snapshot

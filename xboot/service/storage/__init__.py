@@ -56,6 +56,11 @@ class ObjectStore(Protocol):
         """Keys under `prefix`, ascending, strictly after `after`, at most `limit`."""
         ...
 
+    def folder_version(self, prefix: str) -> int | None:
+        """A cheap token that changes when a key directly under `prefix` (a folder) is added or removed;
+        None where the store has none (then callers rely on their cache's time to live)."""
+        ...
+
 
 def read_json(store: ObjectStore, key: str) -> dict[str, Any] | None:
     """A stored JSON object, or None if there is none; one that exists but cannot be read is a storage fault."""
@@ -86,7 +91,15 @@ _BLOB_ACCOUNT_SETTINGS = (
     "AzureWebJobsStorage__blobServiceUri",
 )
 # Every setting that decides which store opens: a change to any opens another.
-_SETTINGS = ("DataStore", "DataDirectory", "DataBlobContainer", *_BLOB_ACCOUNT_SETTINGS, "Location", RUNNING_IN_AZURE)
+_SETTINGS = (
+    "DataStore",
+    "DataDirectory",
+    "DataSync",
+    "DataBlobContainer",
+    *_BLOB_ACCOUNT_SETTINGS,
+    "Location",
+    RUNNING_IN_AZURE,
+)
 
 
 def data_store_kind(settings: Settings) -> str:
@@ -114,6 +127,12 @@ def data_store_kind(settings: Settings) -> str:
     if value.lower() not in _STORES:
         raise ConfigurationError("setting DataStore: use File or Blob")
     return value.lower()
+
+
+def forget_stores() -> None:
+    """Drop every opened store (a forked worker opens its own: a Blob store holds connections)."""
+    with _lock:
+        _opened.clear()
 
 
 def open_data_store(settings: Settings) -> ObjectStore:

@@ -87,6 +87,9 @@ class BlobStore:
         except AzureError as error:
             self._fail(error, key)
 
+    def folder_version(self, prefix: str) -> int | None:
+        return None  # no cheap change token: instances see each other's changes within the cache TTL
+
     def list(self, prefix: str, *, after: str | None = None, limit: int | None = None) -> list[str]:
         keys: list[str] = []
         try:

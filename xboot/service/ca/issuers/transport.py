@@ -161,10 +161,8 @@ def clear_connections() -> None:
 
 
 def _drop(endpoint: Endpoint) -> None:
-    pool: dict[Endpoint, http.client.HTTPConnection] = _local.__dict__.get("pool", {})
-    connection = pool.pop(endpoint, None)
-    if connection is not None:
-        connection.close()
+    pool: dict[Endpoint, http.client.HTTPConnection] = _local.__dict__["pool"]
+    pool.pop(endpoint).close()  # every caller holds a pooled connection
 
 
 def _context(settings: Settings, issuer: str) -> ssl.SSLContext:
