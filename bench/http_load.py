@@ -120,6 +120,7 @@ def measure(pid: int, url: str, body: Path, content_type: str, seconds: int, wor
 
 
 def _xboot(work: Path, ca: Any, anchor: str) -> tuple[subprocess.Popen[bytes], int, Path]:
+    work.mkdir(parents=True, exist_ok=True)
     log = work / "serve.log"
     settings = {**ca.settings(), "DataDirectory": str(work / "data"), **XBOOT_RULES, "TrustedFingerprints": anchor,
                 "RequireGatewayIdMatch": "false"}  # fmt: skip

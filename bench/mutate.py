@@ -108,10 +108,16 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
     (S + "lifecycle/revocation.py", "if condition -> False", "if not self.entries:"): (
         "a shortcut: with no entries every index lookup finds nothing anyway"
     ),
-    (S + "lifecycle/revocation.py", "if condition -> False", "if not fresh and not changed and time.monotonic() < self.expires:"): (
-        "the fast path before the lock: without it the same check under the lock returns the same snapshot"
-    ),
-    (S + "lifecycle/revocation.py", "if condition -> True", "if fresh or version != self.version or time.monotonic() >= self.expires:"): (
+    (
+        S + "lifecycle/revocation.py",
+        "if condition -> False",
+        "if not fresh and not changed and time.monotonic() < self.expires:",
+    ): ("the fast path before the lock: without it the same check under the lock returns the same snapshot"),
+    (
+        S + "lifecycle/revocation.py",
+        "if condition -> True",
+        "if fresh or version != self.version or time.monotonic() >= self.expires:",
+    ): (
         "a request that waited for the lock while another refreshed lists once more: the same snapshot, one "
         "extra listing under contention"
     ),

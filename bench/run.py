@@ -1,7 +1,7 @@
 """`python -m bench [--quick] [--json PATH] [--only PARTS]`: run the benchmarks, print a table, write JSON.
 
 Parts: issuance (1, 2), reports (3), http (4), coldstart (5), backends (6), authorization (7),
-upstream (8). See bench/README.md.
+upstream (8), durability (9). See bench/README.md.
 """
 
 from __future__ import annotations
@@ -22,11 +22,12 @@ DEFAULT_JSON = ROOT / "bench" / "results" / "latest.json"
 PARTS = {
     "issuance": ("1-2. Issuance per certificate: in-process vs floor vs openssl CLI", "bench.issuance"),
     "reports": ("3. Report verification per report: in-process vs floor vs openssl cms -verify", "bench.reports"),
-    "http": ("4. HTTP through `xboot serve` (EC P-256 dev CA, audit on disk)", "bench.http_load"),
+    "http": ("4. HTTP side by side: xboot serve and cfssl serve, wrk, same CA and CSR", "bench.http_load"),
     "coldstart": ("5. Cold start: fresh process per sample", "bench.coldstart"),
     "backends": ("6. Backend calls per 1,000 issuances", "bench.backends"),
     "authorization": ("7. Enrollment authorization: extra cost per enrollment, by method", "bench.authorization"),
     "upstream": ("8. Upstream CAs: one enrollment through each Issuer vs signing locally", "bench.upstream"),
+    "durability": ("9. Durable File-store writes on disk: DataSync file vs group", "bench.durability"),
 }
 
 
@@ -53,9 +54,15 @@ def targets(parts: dict[str, Any]) -> list[str]:
             f"  report verification >= 4x faster than openssl cms -verify: {speedup:.2f}x ({_verdict(speedup >= 4)})"
         )
     http = parts.get("http", {}).get("result", {})
-    if "levels" in http:
-        errors = sum(level["errors"] for level in http["levels"]) + http["server_log_tracebacks"]
+    if "xboot enroll" in http:
+        levels = http["xboot enroll"] + http["xboot report upload"]
+        errors = sum(level["errors"] for level in levels) + http["server_log_tracebacks"]
         lines.append(f"  HTTP at 1/8/64 clients with zero errors: {errors} errors ({_verdict(errors == 0)})")
+        for level in http["xboot enroll"]:
+            if "ratio_to_cfssl" in level and level["clients"] > 1:
+                ratio = level["ratio_to_cfssl"]
+                lines.append(f"  enrollment req/s >= cfssl serve at {level['clients']} clients: {ratio:.2f}x "
+                             f"({_verdict(ratio >= 1)})")  # fmt: skip
     cold = parts.get("coldstart", {}).get("result", {})
     if "import_ms" in cold.get("File", {}):
         median = cold["File"]["import_ms"]["median"]
