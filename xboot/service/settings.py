@@ -7,12 +7,37 @@ local.settings.json or App Settings blade carries over unchanged.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 from xboot.errors import ConfigurationError
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
+
+
+class _Environment(Mapping[str, str]):
+    """`os.environ`, looked up without raising KeyError for every setting that is not set (most are not):
+    a request reads a few dozen names, and `os.environ.get` pays an exception per miss."""
+
+    _data: dict[bytes, bytes] | None = getattr(os.environ, "_data", None) if os.name == "posix" else None
+
+    def get(self, name: str, default: str | None = None) -> str | None:  # type: ignore[override]
+        if self._data is None:
+            return os.environ.get(name, default)
+        value = self._data.get(name.encode("utf-8", "surrogateescape"))
+        return default if value is None else os.fsdecode(value)
+
+    def __getitem__(self, name: str) -> str:
+        return os.environ[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(os.environ)
+
+    def __len__(self) -> int:
+        return len(os.environ)
+
+
+_ENVIRONMENT = _Environment()
 
 
 class Settings:
@@ -26,7 +51,7 @@ class Settings:
     @classmethod
     def from_environ(cls) -> Settings:
         """The settings for one request: made per request, so changed settings apply to the next one."""
-        return cls(os.environ)
+        return cls(_ENVIRONMENT)
 
     def _lookup(self, name: str) -> str | None:
         try:

@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from urllib.parse import quote, unquote
+from urllib.parse import unquote
 
 from xboot.errors import BackendUnavailable, ConfigurationError
 from xboot.service.settings import Settings
@@ -29,7 +29,7 @@ TEMPORARY_PREFIX = ".tmp-"
 ABANDONED_SECONDS = 600  # a temporary file lives microseconds; one this old was left by a killed writer
 
 
-def _sync_directory(directory: Path) -> None:
+def _sync_directory(directory: str) -> None:
     """fsync a folder, so that a name just linked or renamed into it survives a power loss."""
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -104,13 +104,10 @@ def _remove_if_abandoned(path: Path) -> None:
         pass  # another lister removed it first, or it is not ours to remove
 
 
-def _segment(name: str) -> str:
-    return quote(name, safe="-_.=")  # ':' is not a portable file-name character
-
-
 class FileStore:
     def __init__(self, root: Path, sync: str = "group") -> None:
         self.root = root
+        self._prefix = f"{root}/"
         self._group: GroupCommit | None = None
         if sync == "group" and SYNCFS is not None:
             self._group = GroupCommit(self._syncfs)
@@ -125,16 +122,19 @@ class FileStore:
         finally:
             os.close(fd)
 
-    def _path(self, key: str) -> Path:
-        return self.root.joinpath(*(_segment(s) for s in check_key(key).split("/")))
+    def _path(self, key: str) -> str:
+        """A plain string: the hot path makes two per enrollment. Keys hold only [A-Za-z0-9._:=-] (check_key);
+        ':' is not a portable file-name character, so it is stored as %3A (what `list` unquotes)."""
+        return self._prefix + check_key(key).replace(":", "%3A")
 
-    def _temporary(self, path: Path, data: bytes) -> tuple[str, bool]:
+    def _temporary(self, path: str, data: bytes) -> tuple[str, bool]:
         """The data in a temporary file beside `path` (fsynced unless a group commit follows), and whether
         its folder had to be made."""
-        made = not path.parent.is_dir()
+        folder = os.path.dirname(path)
+        made = not os.path.isdir(folder)
         if made:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=TEMPORARY_PREFIX)
+            os.makedirs(folder, exist_ok=True)
+        fd, temporary = tempfile.mkstemp(dir=folder, prefix=TEMPORARY_PREFIX)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             if self._group is None:
@@ -142,14 +142,15 @@ class FileStore:
                 os.fsync(handle.fileno())
         return temporary, made
 
-    def _durable(self, path: Path, made: bool) -> None:
+    def _durable(self, path: str, made: bool) -> None:
         """The name just linked (and a folder just made) on disk: one shared flush, or two fsyncs."""
         if self._group is not None:
             self._group.commit()
             return
+        folder = os.path.dirname(path)
         if made:
-            _sync_directory(path.parent.parent)  # the new folder's entry must survive too
-        _sync_directory(path.parent)
+            _sync_directory(os.path.dirname(folder))  # the new folder's entry must survive too
+        _sync_directory(folder)
 
     def create(self, key: str, data: bytes) -> bool:
         """Durable before it returns True: the file's data and its name in the folder are on disk."""
@@ -178,7 +179,8 @@ class FileStore:
 
     def read(self, key: str) -> bytes | None:
         try:
-            return self._path(key).read_bytes()
+            with open(self._path(key), "rb") as handle:
+                return handle.read()
         except FileNotFoundError:
             return None
         except OSError as error:
@@ -186,7 +188,9 @@ class FileStore:
 
     def delete(self, key: str) -> None:
         try:
-            self._path(key).unlink(missing_ok=True)
+            os.unlink(self._path(key))
+        except FileNotFoundError:
+            pass
         except OSError as error:
             raise BackendUnavailable(f"data directory is not writable ({error.strerror})") from None
 
@@ -194,7 +198,7 @@ class FileStore:
         """The folder's modification time: one stat. Lets the processes of one `xboot serve` see each
         other's revocations at once (a change within one timestamp tick can wait for the cache's TTL)."""
         try:
-            return self._path(prefix.rstrip("/")).stat().st_mtime_ns
+            return os.stat(self._path(prefix.rstrip("/"))).st_mtime_ns
         except FileNotFoundError:
             return 0
         except OSError as error:
@@ -202,7 +206,7 @@ class FileStore:
 
     def list(self, prefix: str, *, after: str | None = None, limit: int | None = None) -> list[str]:
         directory = prefix.rpartition("/")[0]
-        base = self._path(directory) if directory else self.root
+        base = Path(self._path(directory)) if directory else self.root
         if not base.is_dir():
             return []
         keys: list[str] = []
