@@ -43,7 +43,7 @@ _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 _CLOCK = os.sysconf("SC_CLK_TCK")
 
 
-def _tree(pid: int) -> list[int]:
+def process_tree(pid: int) -> list[int]:
     """`pid` and its children (xboot's worker processes)."""
     children = []
     for entry in Path("/proc").iterdir():
@@ -58,7 +58,7 @@ def _tree(pid: int) -> list[int]:
 
 def _cpu_seconds(pid: int) -> float:
     total = 0
-    for process in _tree(pid):
+    for process in process_tree(pid):
         try:
             fields = Path(f"/proc/{process}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
@@ -69,7 +69,7 @@ def _cpu_seconds(pid: int) -> float:
 
 def _rss_mib(pid: int) -> float:
     total = 0
-    for process in _tree(pid):
+    for process in process_tree(pid):
         try:
             status = Path(f"/proc/{process}/status").read_text()
         except OSError:

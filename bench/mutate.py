@@ -72,8 +72,8 @@ MODULES: dict[str, tuple[str, ...]] = {
     S + "ca/issuers/upstream.py": ("tests/test_upstream_rules.py", "tests/test_upstream_ca.py"),
     S + "ca/issuers/transport.py": ("tests/test_transport_rules.py", "tests/test_upstream_ca.py"),
     S + "ca/issuers/est.py": ("tests/test_upstream_rules.py", "tests/test_upstream_ca.py"),
-    S + "ca/issuers/cfssl.py": ("tests/test_upstream_ca.py",),
-    S + "ca/issuers/custom.py": ("tests/test_upstream_ca.py",),
+    S + "ca/issuers/cfssl.py": ("tests/test_upstream_rules.py", "tests/test_upstream_ca.py"),
+    S + "ca/issuers/custom.py": ("tests/test_upstream_rules.py", "tests/test_upstream_ca.py"),
     S + "http/edge.py": ("tests/test_edge_rules.py", "tests/test_hardening.py", "tests/test_enrollment.py"),
     S + "serve.py": (
         "tests/test_serve_rules.py",
@@ -91,9 +91,6 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
     (S + "ca/issuers/upstream.py", "if condition -> False", "if entry is not None and time.monotonic() < entry[0]:"): (
         "the lock-free fast path of the CA-chain cache: without it every lookup takes the lock and finds the "
         "same entry there (the check under the lock is pinned by a concurrency test)"
-    ),
-    (S + "ca/issuers/transport.py", "if condition -> False", "if response.will_close:"): (
-        "http.client closes a connection whose answer said Connection: close and reopens it on the next request"
     ),
     (S + "ca/issuers/transport.py", "call removed: connection.close(...)", "connection.close()"): (
         "the connection is dropped from the pool in the same statement; CPython closes its socket as it is freed"

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.http_load import process_tree
 from tests.fixtures.live_server import ROOT, clean_environment, wait_for_serving
 from tests.helpers import make_csr
 from xboot.service.ca.devca import create_development_ca
@@ -41,15 +42,7 @@ for t in threads: t.join()
 
 
 def _children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                    found.append(int(entry.name))
-            except (OSError, IndexError, ValueError):
-                continue
-    return found
+    return process_tree(pid)[1:]
 
 
 def _serve(tmp_path: Path, name: str, *extra: str) -> tuple[subprocess.Popen[bytes], int, Path]:

@@ -115,9 +115,7 @@ class Endpoint:
             data = response.read(MAX_ANSWER_BYTES + 1)
             if len(data) > MAX_ANSWER_BYTES:
                 raise BadGateway(f"the upstream CA (Issuer {self.issuer}) answered with too much data")
-            if response.will_close:
-                _drop(self)
-            return Answer(response.status, data)
+            return Answer(response.status, data)  # after Connection: close, http.client reconnects by itself
         except BaseException:
             _drop(self)
             raise
