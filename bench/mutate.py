@@ -92,9 +92,6 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
         "the lock-free fast path of the CA-chain cache: without it every lookup takes the lock and finds the "
         "same entry there (the check under the lock is pinned by a concurrency test)"
     ),
-    (S + "ca/issuers/transport.py", "call removed: connection.close(...)", "connection.close()"): (
-        "the connection is dropped from the pool in the same statement; CPython closes its socket as it is freed"
-    ),
     (S + "ca/issuers/custom.py", "call removed: future.cancel(...)", "future.cancel()"): (
         "a hook past its timeout is running, and a running future cannot be cancelled; cancel only helps a hook "
         "still queued behind 8 running ones, which then never runs (not observable in the answer)"
