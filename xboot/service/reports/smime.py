@@ -27,6 +27,7 @@ _HEADER_NAME = re.compile(rb"[A-Za-z][A-Za-z0-9-]*")
 _HEADER_START = re.compile(rb"[A-Za-z][A-Za-z0-9-]*:")
 _BOUNDARY = re.compile(r"[0-9A-Za-z'()+_,\-./:=? ]{0,69}[0-9A-Za-z'()+_,\-./:=?]")
 _BASE64 = re.compile(rb"[A-Za-z0-9+/=\s]+")
+_WHITESPACE = re.compile(rb"\s+")
 _PEM_CMS = re.compile(rb"-----BEGIN (?:CMS|PKCS7)-----(.*?)-----END (?:CMS|PKCS7)-----", re.DOTALL)
 _BLANK_LINE = re.compile(rb"\r?\n\r?\n")
 
@@ -107,7 +108,7 @@ def _base64(data: bytes, what: str) -> bytes:
     if not _BASE64.fullmatch(data):
         raise _malformed(f"{what} is not base64")
     try:
-        return base64.b64decode(re.sub(rb"\s+", b"", data), validate=True)
+        return base64.b64decode(_WHITESPACE.sub(b"", data), validate=True)
     except (binascii.Error, ValueError):
         raise _malformed(f"{what} is not valid base64") from None
 

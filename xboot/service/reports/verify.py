@@ -509,14 +509,22 @@ class Verification:
         }
 
 
+@functools.lru_cache(maxsize=1024)
+def _certificate(der: bytes) -> x509.Certificate:
+    """A gateway sends the same few certificates with every report: each DER is parsed (and its names
+    decoded) once per process. Only parsing is cached; every check of the path runs for every report."""
+    certificate = x509.load_der_x509_certificate(der)
+    # Names decode on access: decode them now, so a bad one is the sender's 400 and not a crash later.
+    certificate.subject.rfc4514_string()
+    certificate.issuer.rfc4514_string()
+    return certificate
+
+
 def _load_certificates(parsed: ParsedCms) -> list[x509.Certificate]:
     certificates: dict[bytes, x509.Certificate] = {}
     for index, der in enumerate(parsed.certificates, start=1):
         try:
-            certificate = x509.load_der_x509_certificate(der)
-            # Names decode on access: decode them now, so a bad one is the sender's 400 and not a crash later.
-            certificate.subject.rfc4514_string()
-            certificate.issuer.rfc4514_string()
+            certificate = _certificate(der)
         except (ValueError, x509.InvalidVersion):
             raise _malformed(f"embedded certificate #{index} is malformed") from None
         certificates.setdefault(der, certificate)
