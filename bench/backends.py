@@ -23,9 +23,11 @@ from urllib.parse import urlsplit
 
 from bench.issuance import Rotation, app_environment, certificate_function, request_for
 from bench.material import make_ca, make_csrs
+from bench.reports import FORM_BOUNDARY, _form, _make_reports
 from bench.timing import Stats
 from xboot.service.ca.devca import DevelopmentCa
 
+REPORTS = 101  # the first warms the store; 100 counted
 CA_CONTAINER = "xboot-ca"
 VAULT_CERTIFICATE = "xboot-issuing"
 
@@ -197,6 +199,23 @@ def _issue(count: int, rotation: Rotation) -> Stats:
     return Stats.of(samples)
 
 
+def _upload_reports(bodies: list[bytes]) -> None:
+    """Each body once through the registered system-report function (the guide's curl --form upload)."""
+    import azure.functions as func
+
+    import function_app
+    from xboot.service.serve import RouteTable
+
+    route, _, _ = RouteTable.from_app(function_app.app).match("POST", "/api/install/v1/system-reports")
+    assert route is not None
+    headers = {"Content-Type": f"multipart/form-data; boundary={FORM_BOUNDARY}"}
+    for body in bodies:
+        request = func.HttpRequest("POST", "http://localhost/api/install/v1/system-reports", headers=headers, body=body)
+        response = route.function(request)
+        if response.status_code not in (200, 201):
+            raise RuntimeError(f"report upload failed: {response.status_code} {response.get_body()[:300]!r}")
+
+
 def _keyvault_counts(double: Any) -> Counter[str]:
     counts: Counter[str] = Counter()
     for (method, path), n in double.requests.items():
@@ -233,9 +252,26 @@ def run(work: Path, quick: bool) -> dict[str, Any]:
     else:
         try:
             environment = BlobEnvironment(azurite, ca)
-            with counted_blob_requests() as counts, fresh_azure_caches(), app_environment(environment.settings()):
+            pki, messages = _make_reports(work / "reports", REPORTS)
+            report_settings = {**environment.settings(), "TrustedFingerprints": pki.fingerprint("ca_root")}
+            with counted_blob_requests() as counts, fresh_azure_caches(), app_environment(report_settings):
                 stats = _issue(issuances, rotation)
-            scenarios["Blob"] = {"calls": dict(counts), "latency_us": stats.as_dict()}
+                issued = dict(counts)
+                counts.clear()
+                bodies = [_form(m) for m in messages]
+                _upload_reports(bodies[:1])  # warm: trust list read, index folders
+                counts.clear()
+                _upload_reports(bodies[1:])
+                new_reports = dict(counts)
+                counts.clear()
+                _upload_reports(bodies[1:])  # each one again: a retry of an upload that was stored
+                repeated = dict(counts)
+            scenarios["Blob"] = {"calls": issued, "latency_us": stats.as_dict()}
+            results["blob_per_report_upload"] = {
+                "reports": REPORTS - 1,
+                "new": {k: round(v / (REPORTS - 1), 2) for k, v in new_reports.items()},
+                "repeated": {k: round(v / (REPORTS - 1), 2) for k, v in repeated.items()},
+            }
         finally:
             azurite.stop()
     return results
@@ -255,4 +291,11 @@ def table(result: dict[str, Any]) -> list[str]:
             f"  {name:<18} total {total:>5}  [{detail}]  issuance median {latency['median_us'] / 1000:.2f} ms, "
             f"p99 {latency['p99_us'] / 1000:.2f} ms"
         )
+    uploads = result.get("blob_per_report_upload")
+    if uploads:
+        for label in ("new", "repeated"):
+            calls = uploads[label]
+            detail = ", ".join(f"{k} {v:g}" for k, v in sorted(calls.items()))
+            lines.append(f"  Blob calls per report upload ({label}, mean of {uploads['reports']}): "
+                         f"{sum(calls.values()):g} [{detail}]")  # fmt: skip
     return lines
