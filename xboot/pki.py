@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
@@ -159,6 +160,16 @@ def normalize_fingerprint(value: object) -> str | None:
     if _HEX64.fullmatch(text):
         return ":".join(text[i : i + 2] for i in range(0, 64, 2))
     return None
+
+
+def issued_by(child: x509.Certificate, parent: x509.Certificate) -> bool:
+    """Whether `parent`'s key made `child`'s signature (and the names chain); False for anything that cannot
+    be verified, an unsupported algorithm included."""
+    try:
+        child.verify_directly_issued_by(parent)
+    except (InvalidSignature, ValueError, TypeError, UnsupportedAlgorithm):
+        return False
+    return True
 
 
 def sha256_fingerprint(certificate: x509.Certificate) -> str:

@@ -10,14 +10,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from xboot.device.errors import ClientError, VerificationFailed
 from xboot.device.smime import key_matches
-from xboot.pki import PrivateKey, common_name, sha256_fingerprint, signature_hash
+from xboot.pki import PrivateKey, common_name, issued_by, sha256_fingerprint, signature_hash
 
 
 def key_type_of(key: PrivateKey) -> str:
@@ -99,14 +98,6 @@ def _is_ca(certificate: x509.Certificate) -> bool:
     return certificate.version == x509.Version.v1 and certificate.issuer == certificate.subject
 
 
-def _issued_by(child: x509.Certificate, parent: x509.Certificate) -> bool:
-    try:
-        child.verify_directly_issued_by(parent)
-    except (InvalidSignature, ValueError, TypeError):
-        return False
-    return True
-
-
 def _check_issuer(issuer: x509.Certificate, cas_below: int) -> None:
     name = issuer.subject.rfc4514_string()
     if not _is_ca(issuer):
@@ -159,19 +150,19 @@ def verify_enrollment(
         if cut is not None:
             path = path[: cut + 1]
         else:
-            parent = next((a for a in anchors if _issued_by(path[-1], a)), None)
+            parent = next((a for a in anchors if issued_by(path[-1], a)), None)
             if parent is None:
                 raise VerificationFailed("the certificate does not chain to the expected root CA")
             path.append(parent)
     for position, (child, parent) in enumerate(itertools.pairwise(path)):
-        if not _issued_by(child, parent):
+        if not issued_by(child, parent):
             raise VerificationFailed(
                 f"{child.subject.rfc4514_string()} is not signed by {parent.subject.rfc4514_string()}: "
                 "the chain is broken"
             )
         _check_issuer(parent, cas_below=position)
     top = path[-1]
-    if not anchors and top.issuer == top.subject and not _issued_by(top, top):
+    if not anchors and top.issuer == top.subject and not issued_by(top, top):
         raise VerificationFailed(f"the root {top.subject.rfc4514_string()} has an invalid self-signature")
     for member in path:
         if not member.not_valid_before_utc <= now <= member.not_valid_after_utc:

@@ -32,7 +32,7 @@ def revoke(body: bytes, settings: Settings, now: dt.datetime | None = None) -> A
     entry, created = revocation.revoke(settings, selector, value, reason, now or dt.datetime.now(dt.UTC))
     document = {**entry.to_json(), "duplicate": not created}
     # an upstream that signed this CA's serials is told too where it has an API (CFSSL); a retry re-sends
-    forwarded = issuers.resolve(settings).forward_revocation(_own_serials(entry, settings), reason, settings)
+    forwarded = issuers.resolve(settings).forward_revocation(entry.serial_numbers, entry.issuer, reason, settings)
     if forwarded is not None:
         document["upstream"] = forwarded.to_json()
     return ApiResponse(
@@ -40,12 +40,6 @@ def revoke(body: bytes, settings: Settings, now: dt.datetime | None = None) -> A
         document,
         headers={"Location": f"/api/mgmt/v1/revocations/{entry.id}"},
     )
-
-
-def _own_serials(entry: revocation.Revocation, settings: Settings) -> tuple[str, ...]:
-    if not entry.serial_numbers or issuers.issuer_name(settings) == issuers.DEFAULT:
-        return ()
-    return entry.serial_numbers if entry.issuer == issuers.load_issuing_ca(settings).fingerprint else ()
 
 
 def list_revocations(query: Mapping[str, str], settings: Settings) -> ApiResponse:

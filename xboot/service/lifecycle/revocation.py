@@ -38,7 +38,7 @@ from functools import cached_property
 from typing import Any
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.exceptions import UnsupportedAlgorithm
 
 from xboot.errors import (
     BackendUnavailable,
@@ -49,7 +49,7 @@ from xboot.errors import (
     NotFound,
     Unprocessable,
 )
-from xboot.pki import PublicKey, common_name, is_pem, normalize_fingerprint, sha256_fingerprint, spki_der
+from xboot.pki import PublicKey, common_name, is_pem, issued_by, normalize_fingerprint, sha256_fingerprint, spki_der
 from xboot.service.ca.issuers import load_issuing_ca
 from xboot.service.enrollment.registration import REGISTRATION_ID, validate_registration_id
 from xboot.service.lifecycle.audit import AUDIT_PREFIX, audit_key, audit_prefix
@@ -528,9 +528,7 @@ def _certificate_target(store: ObjectStore, value: object, settings: Settings) -
     except UnsupportedAlgorithm:  # a foreign certificate's key type: it can never enroll here anyway
         keys = ()
     ca = load_issuing_ca(settings)
-    try:
-        certificate.verify_directly_issued_by(ca.certificate)
-    except (InvalidSignature, ValueError, TypeError, UnsupportedAlgorithm):
+    if not issued_by(certificate, ca.certificate):
         return Target("fingerprint", fingerprint, (), None, keys)
     serial = format(certificate.serial_number, "X")
     name = common_name(certificate.subject)

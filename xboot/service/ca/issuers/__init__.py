@@ -47,8 +47,11 @@ class Issuer(Protocol):
         """The device's certificate, issued by `ca`; raises rather than return one that fails a check."""
         ...
 
-    def forward_revocation(self, serials: tuple[str, ...], reason: str, settings: Settings) -> Forwarded | None:
-        """Revoke these serials (of `authority`) at the upstream too, where it has an API; None where not."""
+    def forward_revocation(
+        self, serials: tuple[str, ...], issuer: str | None, reason: str, settings: Settings
+    ) -> Forwarded | None:
+        """Revoke these serials at the upstream too, where it has an API and they are of its issuing CA (SHA-256
+        fingerprint `issuer`); None where there is nothing to forward."""
         ...
 
 

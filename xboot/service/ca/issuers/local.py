@@ -33,7 +33,7 @@ class LocalIssuer:
         subject = issued_subject(order.registration_id, settings)
         return build_certificate(subject, order.key, ca, order.validity, order.now, crl_url)
 
-    def forward_revocation(self, serials: tuple[str, ...], reason: str, settings: Settings) -> None:
+    def forward_revocation(self, serials: tuple[str, ...], issuer: str | None, reason: str, settings: Settings) -> None:
         return None  # xboot's entry is the revocation: its CRL lists it
 
 

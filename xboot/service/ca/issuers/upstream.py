@@ -18,12 +18,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from xboot.errors import BackendUnavailable, BadGateway, BadRequest, ConfigurationError, XbootError
-from xboot.pki import common_name, is_pem, load_certificates, normalize_fingerprint, sha256_fingerprint, spki_der
+from xboot.pki import (
+    common_name,
+    is_pem,
+    issued_by,
+    load_certificates,
+    normalize_fingerprint,
+    sha256_fingerprint,
+    spki_der,
+)
 from xboot.service.ca.authority import IssuingCa
 from xboot.service.ca.issuers import SETTING, Forwarded, Order
 from xboot.service.ca.signer import DEFAULT_CACHE_SECONDS
@@ -63,14 +71,6 @@ def _key_der(certificate: x509.Certificate) -> bytes | None:
         return None
 
 
-def _issued_by(child: x509.Certificate, parent: x509.Certificate) -> bool:
-    try:
-        child.verify_directly_issued_by(parent)
-    except (InvalidSignature, ValueError, TypeError, UnsupportedAlgorithm):
-        return False
-    return True
-
-
 def build_authority(
     certificates: Sequence[x509.Certificate], trusted: str, now: dt.datetime, fail: Callable[[str], XbootError]
 ) -> IssuingCa:
@@ -85,7 +85,7 @@ def build_authority(
     path = [bottoms[0]]
     while sha256_fingerprint(path[-1]) != trusted:
         current = path[-1]
-        parents = [c for c in certificates if c not in path and c.subject == current.issuer and _issued_by(current, c)]
+        parents = [c for c in certificates if c not in path and c.subject == current.issuer and issued_by(current, c)]
         if not parents:
             raise fail(f"its CA chain does not lead to {TRUSTED_FINGERPRINT}")
         path.append(parents[0])
@@ -194,10 +194,14 @@ class Upstream:
         fetched = self.fetch_ca(settings)
         return build_authority(fetched, trusted, now, lambda what: _bad(self.name, what, "upstream_untrusted"))
 
-    def forward_revocation(self, serials: tuple[str, ...], reason: str, settings: Settings) -> Forwarded | None:
+    def forward_revocation(
+        self, serials: tuple[str, ...], issuer: str | None, reason: str, settings: Settings
+    ) -> Forwarded | None:
         if self.revoke is None or not serials:
             return None
         ca = self.authority(settings)
+        if issuer != ca.fingerprint:  # serials of another CA (an earlier one, or Local's)
+            return None
         revoked, failed = [], []
         for serial in serials:
             try:
@@ -267,7 +271,7 @@ def check_issued(answered: Sequence[x509.Certificate], order: Order, ca: Issuing
         algorithm = leaf.signature_hash_algorithm
     except UnsupportedAlgorithm:
         algorithm = None
-    if isinstance(algorithm, WEAK_HASHES) or not _issued_by(leaf, ca.certificate):
+    if isinstance(algorithm, WEAK_HASHES) or not issued_by(leaf, ca.certificate):
         raise _bad(issuer, "issued a certificate its issuing CA did not (validly) sign", "upstream_untrusted")
     if not leaf.not_valid_before_utc <= order.now + CLOCK_SKEW or leaf.not_valid_after_utc <= order.now:
         raise _bad(issuer, "issued a certificate that is not valid now", "upstream_wrong_validity")

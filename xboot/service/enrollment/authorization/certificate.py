@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import NameOID
 
 from xboot.errors import ConfigurationError, Forbidden, Unauthorized, Unprocessable
-from xboot.pki import normalize_fingerprint, sha256_fingerprint
+from xboot.pki import issued_by, normalize_fingerprint, sha256_fingerprint
 from xboot.service.ca.issuers import load_issuing_ca
 from xboot.service.enrollment.authorization import CERTIFICATE, EnrollmentRequest, Grant, accepted_methods
 from xboot.service.lifecycle.audit import audit_key
@@ -57,11 +57,7 @@ def _check_signature(signer: x509.Certificate, signature: bytes, csr_der: bytes)
 
 
 def issued_by_this_ca(certificate: x509.Certificate, settings: Settings) -> bool:
-    try:
-        certificate.verify_directly_issued_by(load_issuing_ca(settings).certificate)
-    except (InvalidSignature, ValueError, TypeError, UnsupportedAlgorithm):
-        return False
-    return True
+    return issued_by(certificate, load_issuing_ca(settings).certificate)
 
 
 def _recorded_fingerprint(registration_id: str, certificate: x509.Certificate, settings: Settings) -> str | None:
