@@ -382,7 +382,7 @@ def test_damaged_uploads_are_4xx_or_the_original_report(trusted_root, functions,
 
 
 def test_a_storage_failure_is_503_and_stores_nothing(trusted_root, functions, guide_report, app_env, monkeypatch):
-    def unavailable(self, key, data):
+    def unavailable(self, key, data, **kwargs):
         raise BackendUnavailable("data directory is not writable (test)")
 
     monkeypatch.setattr(xboot.service.storage.file.FileStore, "create", unavailable)
@@ -397,10 +397,10 @@ def test_an_index_failure_is_503_and_stores_nothing_the_retry_stores_it_once(
 ):
     real_create = xboot.service.storage.file.FileStore.create
 
-    def index_unavailable(self, key, data):
+    def index_unavailable(self, key, data, **kwargs):
         if key.startswith("report-index/"):
             raise BackendUnavailable("data directory is not writable (test)")
-        return real_create(self, key, data)
+        return real_create(self, key, data, **kwargs)
 
     monkeypatch.setattr(xboot.service.storage.file.FileStore, "create", index_unavailable)
     assert_refusal(post(functions, guide_report), 503)

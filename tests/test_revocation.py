@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
+import shutil
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -394,7 +395,8 @@ def test_certificates_of_a_device_with_revocation_flags(app_env, functions, tmp_
 
 @pytest.mark.parametrize(
     ("query", "code"),
-    [("", "invalid_query"), ("?registrationId=bad%20id", "invalid_registration_id"),
+    [("?status=lost", "invalid_query"), ("?expiringWithinDays=-1", "invalid_query"),
+     ("?expiringWithinDays=99999999", "invalid_query"), ("?registrationId=bad%20id", "invalid_registration_id"),
      ("?registrationId=a&limit=x", "invalid_query"), ("?registrationId=a&continuationToken=zz", "invalid_token")],
 )  # fmt: skip
 def test_certificates_query_refusals(query, code, app_env, functions):
@@ -419,9 +421,9 @@ def _entry_written_by_another_instance(app_env: dict[str, str], registration_id:
         reason="keyCompromise",
         revoked_at=now.replace(microsecond=0),
     )
-    path = Path(app_env["DataDirectory"]) / "revocations" / f"{entry.id}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(entry.to_json()))
+    store = xboot.service.storage.file.FileStore(Path(app_env["DataDirectory"]))
+    assert store.create(entry.key, json.dumps(entry.to_json()).encode())
+    xboot.service.lifecycle.revocation.log_change(store, "add", entry)
 
 
 def test_other_processes_on_one_file_store_see_a_revocation_at_once(app_env, functions, tmp_path, monkeypatch):
@@ -481,12 +483,8 @@ def _fresh_instance(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(xboot.service.lifecycle.revocation, "_views", {})
 
 
-def test_a_cold_instance_reads_the_compacted_copy_not_every_entry(app_env, functions, monkeypatch):
-    serials = [f"{0xD000 + n:X}" for n in range(40)]
-    for serial in serials:
-        assert revoke(functions, serialNumber=serial).status == 201
-    _fresh_instance(monkeypatch)
-    reads = []
+def _counting_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    reads: list[str] = []
     real_read = xboot.service.storage.file.FileStore.read
 
     def counting_read(self, key):
@@ -494,32 +492,90 @@ def test_a_cold_instance_reads_the_compacted_copy_not_every_entry(app_env, funct
         return real_read(self, key)
 
     monkeypatch.setattr(xboot.service.storage.file.FileStore, "read", counting_read)
+    return reads
+
+
+def test_a_cold_instance_reads_the_snapshot_and_the_log_never_every_entry(app_env, functions, monkeypatch):
+    revocation = xboot.service.lifecycle.revocation
+    serials = [f"{0xD000 + n:X}" for n in range(40)]
+    for serial in serials:
+        assert revoke(functions, serialNumber=serial).status == 201
     settings = Settings.from_environ()
-    first = xboot.service.lifecycle.revocation.load_revocations(settings)  # 40 entry reads, then the copy is written
-    assert len(first.entries) == 40 and len([k for k in reads if k.startswith("revocations/")]) == 40
+    _fresh_instance(monkeypatch)
+    monkeypatch.setattr(revocation, "SNAPSHOT_AFTER", dt.timedelta(0))  # compact at once, not within the hour
+    reads = _counting_reads(monkeypatch)
+    first = revocation.load_revocations(settings)  # the (empty) snapshot the first revocation wrote, then 40 adds
+    assert len(first.entries) == 40 and not [k for k in reads if k.startswith(revocation.PREFIX)]
+    assert reads[0] == revocation.SNAPSHOT and len([k for k in reads if k.startswith(revocation.LOG)]) == 40
     _fresh_instance(monkeypatch)
     reads.clear()
-    second = xboot.service.lifecycle.revocation.load_revocations(settings)
-    assert reads == [xboot.service.lifecycle.revocation.COMPACTED] and second.digest == first.digest
+    listings = []
+    real_list = xboot.service.storage.file.FileStore.list
+    monkeypatch.setattr(
+        xboot.service.storage.file.FileStore,
+        "list",
+        lambda self, prefix: listings.append(prefix) or real_list(self, prefix),
+    )
+    second = revocation.load_revocations(settings)
+    assert reads == [revocation.SNAPSHOT] and second.digest == first.digest  # the log's 40 are in the snapshot
+    assert listings and all(p.startswith(revocation.LOG) for p in listings) and len(listings) <= 2  # an hour or two
 
 
-def test_a_stale_or_damaged_compacted_copy_changes_nothing(app_env, functions, monkeypatch, tmp_path):
-    """The listing decides which entries exist: the copy's removed entries are ignored, new ones read."""
-    removed = revoke(functions, registrationId="dev-released", reason="certificateHold").json()
-    kept = [revoke(functions, serialNumber=f"{0xE000 + n:X}").json()["id"] for n in range(32)]
+def test_a_list_made_before_the_change_log_is_read_once_and_snapshotted(app_env, functions, monkeypatch):
+    """An upgrade: entries with no log and no snapshot are read one by one, once; then the snapshot serves."""
+    revocation = xboot.service.lifecycle.revocation
+    for n in range(5):
+        assert revoke(functions, serialNumber=f"{0xC000 + n:X}").status == 201
+    data = Path(app_env["DataDirectory"])
+    shutil.rmtree(data / "revocation-log")
+    (data / "revocation-cache" / "snapshot.json").unlink(missing_ok=True)
     settings = Settings.from_environ()
     _fresh_instance(monkeypatch)
-    xboot.service.lifecycle.revocation.load_revocations(settings)  # writes the copy with all 33
-    copy = Path(app_env["DataDirectory"]) / "revocation-cache" / "entries.json"
-    assert removed["id"] in {e["id"] for e in json.loads(copy.read_text())}
+    reads = _counting_reads(monkeypatch)
+    assert len(revocation.load_revocations(settings).entries) == 5
+    assert len([k for k in reads if k.startswith(revocation.PREFIX)]) == 5
+    _fresh_instance(monkeypatch)
+    reads.clear()
+    assert len(revocation.load_revocations(settings).entries) == 5 and reads == [revocation.SNAPSHOT]
+
+
+def test_a_stale_or_damaged_snapshot_changes_nothing(app_env, functions, monkeypatch, tmp_path):
+    """Removals and additions after the snapshot come from the log; a damaged snapshot is rebuilt."""
+    revocation = xboot.service.lifecycle.revocation
+    removed = revoke(functions, registrationId="dev-released", reason="certificateHold").json()
+    kept = [revoke(functions, serialNumber=f"{0xE000 + n:X}").json()["id"] for n in range(3)]
+    settings = Settings.from_environ()
+    _fresh_instance(monkeypatch)
+    monkeypatch.setattr(revocation, "SNAPSHOT_AFTER", dt.timedelta(0))
+    revocation.load_revocations(settings)  # writes the snapshot with all 4
+    monkeypatch.setattr(revocation, "SNAPSHOT_AFTER", dt.timedelta(hours=1))  # the later changes only in the log
+    copy = Path(app_env["DataDirectory"]) / "revocation-cache" / "snapshot.json"
+    assert removed["id"] in {e["id"] for e in json.loads(copy.read_text())["entries"]}
     assert functions.call("DELETE", f"{REVOCATIONS}/{removed['id']}").status == 200
     added = revoke(functions, registrationId="dev-added", reason="keyCompromise").json()
     _fresh_instance(monkeypatch)
-    assert {e.id for e in xboot.service.lifecycle.revocation.load_revocations(settings).entries} == {*kept, added["id"]}
+    assert {e.id for e in revocation.load_revocations(settings).entries} == {*kept, added["id"]}
     assert enroll_with(functions, new_key(tmp_path), "dev-released").status == 200
-    copy.write_text("[{not json")
+    copy.write_text("{not json")
     _fresh_instance(monkeypatch)
     refused(enroll_with(functions, new_key(tmp_path, "b.key"), "dev-added"), 403, "registration_revoked")
+    assert {e.id for e in revocation.load_revocations(settings).entries} == {*kept, added["id"]}
+
+
+def test_a_revocation_whose_log_write_was_lost_is_logged_again_by_its_retry(app_env, functions, monkeypatch):
+    """A writer that died between the entry and its log record: the retry finds the entry and logs it now."""
+    revocation = xboot.service.lifecycle.revocation
+    real = revocation.log_change
+    monkeypatch.setattr(revocation, "log_change", lambda *args, **kwargs: (_ for _ in ()).throw(OSError("killed")))
+    with pytest.raises(OSError):
+        revocation.revoke(Settings.from_environ(), "serialNumber", "ABC1", "keyCompromise", dt.datetime.now(dt.UTC))
+    monkeypatch.setattr(revocation, "log_change", real)
+    _fresh_instance(monkeypatch)
+    assert revocation.load_revocations(Settings.from_environ()).find("serial", "ABC1") is None  # not logged
+    retry = revoke(functions, serialNumber="ABC1", reason="keyCompromise")
+    assert retry.status == 200 and retry.json()["duplicate"]  # the first call's claim made the entry
+    _fresh_instance(monkeypatch)
+    assert revocation.load_revocations(Settings.from_environ()).find("serial", "ABC1").id == retry.json()["id"]
 
 
 def test_an_expired_snapshot_is_served_while_another_request_refreshes_it(app_env, functions):

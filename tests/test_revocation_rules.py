@@ -199,9 +199,9 @@ class CountingStore(FileStore):
         self.listings = 0
         self.vanishing: set[str] = set()
 
-    def list(self, prefix: str, *, after: str | None = None, limit: int | None = None) -> list[str]:
+    def list(self, prefix: str) -> list[str]:
         self.listings += 1
-        return super().list(prefix, after=after, limit=limit)
+        return super().list(prefix)
 
     def read(self, key: str) -> bytes | None:
         return None if key in self.vanishing else super().read(key)
@@ -216,10 +216,11 @@ def test_a_fresh_snapshot_is_served_without_listing_again(tmp_path):
     _stored(store, _entry("serial", "D1"))
     view = revocation._View()
     assert view.get(store, 300, fresh=False).find("serial", "D1") is not None
+    listed = store.listings  # the entries once (no snapshot yet), and the change log's hour
     assert view.get(store, 300, fresh=False).find("serial", "D1") is not None
-    assert store.listings == 1
+    assert store.listings == listed
     view.get(store, 300, fresh=True)
-    assert store.listings == 2
+    assert listed < store.listings <= listed + 2  # the log's last hour or two, not the entries
 
 
 def test_an_entry_deleted_between_listing_and_reading_is_skipped(tmp_path):
@@ -245,9 +246,8 @@ def _store(settings: Settings) -> FileStore:
 
 
 def test_an_entry_made_before_claims_existed_is_found_not_duplicated(settings):
-    """Entries written without a claim (older versions, other instances): the fresh listing finds them."""
+    """Entries an older version wrote without a claim (nor a change log): the first load reads them."""
     store = _store(settings)
-    revocation.load_revocations(settings)  # this instance's snapshot, from before the entry
     legacy = _entry("registrationId", "dev-legacy")
     legacy = Revocation(**{**legacy.__dict__, "reason": "cessationOfOperation"})
     _stored(store, legacy)

@@ -59,6 +59,7 @@ class Registration:
     serial_numbers: tuple[str, ...]  # the device's certificates issued by `issuer`
     settled: bool  # listed after every instance's cache had the entry: no certificate can be added any more
     issuer: str | None = None  # the CA (SHA-256 fingerprint) the serials were resolved for
+    not_after: dt.datetime | None = None  # when the last of them expires (None: not known)
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,12 @@ class PublishedCrl:
             "refreshAt": self.refresh_at.isoformat(),
             "source": self.source,
             "registrations": {
-                i: {"serialNumbers": list(r.serial_numbers), "settled": r.settled, "issuer": r.issuer}
+                i: {
+                    "serialNumbers": list(r.serial_numbers),
+                    "settled": r.settled,
+                    "issuer": r.issuer,
+                    "notAfter": None if r.not_after is None else r.not_after.isoformat(),
+                }
                 for i, r in self.registrations.items()
             },
             "crl": base64.b64encode(self.der).decode("ascii"),
@@ -101,7 +107,12 @@ class PublishedCrl:
                 refresh_at=dt.datetime.fromisoformat(document["refreshAt"]),
                 source=str(document["source"]),
                 registrations={
-                    str(i): Registration(tuple(r["serialNumbers"]), bool(r["settled"]), r.get("issuer"))
+                    str(i): Registration(
+                        tuple(r["serialNumbers"]),
+                        bool(r["settled"]),
+                        r.get("issuer"),
+                        None if r.get("notAfter") is None else dt.datetime.fromisoformat(r["notAfter"]),
+                    )
                     for i, r in document["registrations"].items()
                 },
             )
@@ -136,7 +147,9 @@ class _Latest:
     def get(self, store: ObjectStore, ttl: int, fresh: bool) -> PublishedCrl | None:
         if not fresh and time.monotonic() < self.expires:
             return self.crl
-        newer = [k for k in store.list(PREFIX, after=self.checked_key) if _KEY.fullmatch(k)]
+        newer = [
+            k for k in store.list(PREFIX) if _KEY.fullmatch(k) and (self.checked_key is None or k > self.checked_key)
+        ]
         if newer:
             data = store.read(newer[-1])
             self.checked_key = newer[-1]
@@ -164,8 +177,7 @@ def _latest_for(store: ObjectStore) -> _Latest:
 
 def _source(revocations: RevocationList, signer: Signer, hours: int, now: dt.datetime) -> str:
     """What a CRL answers for; it changes when an entry is added or removed, or a pending one takes effect."""
-    pending = sum(1 for e in revocations.entries if e.revoked_at > now)
-    return f"{revocations.digest}:{pending}:{signer.fingerprint}:{hours}h"
+    return f"{revocations.digest}:{revocations.pending(now)}:{signer.fingerprint}:{hours}h"
 
 
 def published_crl(settings: Settings, now: dt.datetime | None = None) -> PublishedCrl:
@@ -202,6 +214,13 @@ def _issued_by(record: dict[str, Any] | None, signer: Signer) -> bool:
     return recorded == signer.fingerprint if recorded is not None else record.get("issuer") == signer.subject_text
 
 
+def _not_after(record: dict[str, Any]) -> dt.datetime | None:
+    try:
+        return dt.datetime.fromisoformat(str(record["notAfter"]))
+    except (KeyError, ValueError):
+        return None
+
+
 def _registrations(
     store: ObjectStore,
     signer: Signer,
@@ -222,11 +241,19 @@ def _registrations(
             continue
         prefix = audit_prefix(entry.value)
         keys = [key for key in store.list(prefix) if SERIAL.fullmatch(key[len(prefix) :].removesuffix(".json"))]
-        serials = tuple(
-            key[len(prefix) :].removesuffix(".json") for key in keys if _issued_by(read_json(store, key), signer)
+        records = [r for r in (read_json(store, key) for key in keys) if r is not None and _issued_by(r, signer)]
+        expiries = [_not_after(r) for r in records]
+        resolved[entry.id] = Registration(
+            tuple(str(r["serialNumber"]) for r in records),
+            now >= entry.revoked_at + settle,
+            signer.fingerprint,
+            None if not expiries or None in expiries else max(e for e in expiries if e is not None),
         )
-        resolved[entry.id] = Registration(serials, now >= entry.revoked_at + settle, signer.fingerprint)
     return resolved
+
+
+def _expired(not_after: dt.datetime | None, now: dt.datetime) -> bool:
+    return not_after is not None and not_after < now
 
 
 def build_crl(
@@ -238,13 +265,20 @@ def build_crl(
     next_update: dt.datetime,
     now: dt.datetime,
 ) -> x509.CertificateRevocationList:
-    """One CRL entry per serial in effect at `now`, dated and reasoned by the oldest revocation naming it."""
+    """One CRL entry per serial in effect at `now`, dated and reasoned by the oldest revocation naming it.
+
+    Certificates known to have expired are left out (RFC 5280 section 3.3 lets a CRL drop them once
+    they expire), so the CRL holds what could still be presented, not the fleet's history.
+    """
     revoked: dict[str, tuple[dt.datetime, x509.ReasonFlags]] = {}
     for entry in revocations.entries:
         if in_effect(entry, now) is None:
             continue  # a renewal's predecessor still in its grace: listed once the grace has passed
-        extra = registrations[entry.id].serial_numbers if entry.id in registrations else ()
+        registration = registrations.get(entry.id)
+        extra = registration.serial_numbers if registration and not _expired(registration.not_after, now) else ()
         own = entry.serial_numbers if entry.issuer in (None, signer.fingerprint) else ()  # None: before issuers
+        if _expired(entry.not_after, now):
+            own = ()
         for serial in (*own, *extra):
             revoked.setdefault(serial, (entry.revoked_at, REASONS[entry.reason]))
     builder = (

@@ -7,6 +7,7 @@ says nothing about the code.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import traceback
@@ -78,6 +79,20 @@ def page_size(value: str | None, default: int, maximum: int) -> int:
     if number is None or not 1 <= number <= maximum:
         raise BadRequest(f"limit must be a whole number from 1 to {maximum}", code="invalid_query")
     return number
+
+
+def query_time(name: str, value: str | None) -> dt.datetime | None:
+    """A time query parameter: ISO 8601 (`2026-12-01`, `2026-12-01T08:00:00Z`), UTC when no offset is given."""
+    if value is None:
+        return None
+    try:
+        if len(value) > 40:
+            raise ValueError
+        when = dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise BadRequest(f"{name} must be an ISO 8601 date or time, e.g. 2026-12-01T08:00:00Z",
+                         code="invalid_query") from None  # fmt: skip
+    return when.replace(tzinfo=dt.UTC) if when.tzinfo is None else when.astimezone(dt.UTC)
 
 
 def error_body(error: XbootError) -> dict[str, str]:

@@ -11,9 +11,10 @@ from xboot.service.ca import crl, issuers
 from xboot.service.enrollment.registration import validate_registration_id
 from xboot.service.http.edge import ApiResponse, field_ci, json_object, page_size
 from xboot.service.lifecycle import revocation
-from xboot.service.lifecycle.audit import audit_prefix
+from xboot.service.lifecycle.audit import EXPIRY_PREFIX, audit_key, audit_prefix, expiry_key, parse_marker
 from xboot.service.settings import Settings
-from xboot.service.storage import open_data_store, read_json
+from xboot.service.storage import open_data_store, paging, read_json
+from xboot.service.untrusted import whole_number
 
 SELECTORS = ("serialNumber", "fingerprint", "registrationId", "certificate")
 DEFAULT_PAGE = 100
@@ -48,7 +49,7 @@ def list_revocations(query: Mapping[str, str], settings: Settings) -> ApiRespons
     after = query.get("continuationToken") or None
     if after is not None and not revocation.is_revocation_id(after):
         raise BadRequest("continuationToken is not one this service returned", code="invalid_token")
-    entries = [e for e in revocation.load_revocations(settings, fresh=True).entries if after is None or e.id > after]
+    entries = revocation.load_revocations(settings, fresh=True).after(after, limit + 1)
     page = entries[:limit]
     return ApiResponse(
         200,
@@ -86,26 +87,22 @@ def _certificate(record: Mapping[str, Any], hit: revocation.Revocation | None, n
     }
 
 
+STATUSES = ("valid", "expired", "revoked")
+MAX_DAYS = 36_600  # a hundred years: every validity this service can issue
+
+
 def list_certificates(query: Mapping[str, str], settings: Settings) -> ApiResponse:
-    """The audit log of one device, by serial number, each with its revocation state as of now."""
-    value = query.get("registrationId")
-    if not value:
-        raise BadRequest("query parameter registrationId is required", code="invalid_query")
-    registration_id = validate_registration_id(value)
+    """One device's audit log by serial (`registrationId`), or the fleet's certificates by notAfter."""
+    if not query.get("registrationId"):
+        return _fleet_certificates(query, settings)
+    registration_id = validate_registration_id(query["registrationId"])
     limit = page_size(query.get("limit"), DEFAULT_PAGE, MAX_PAGE)
-    prefix = audit_prefix(registration_id)
-    token = query.get("continuationToken") or None
-    if token is not None:
-        try:
-            token = revocation.normalize_serial(token)
-        except BadRequest:
-            raise BadRequest("continuationToken is not one this service returned", code="invalid_token") from None
     store = open_data_store(settings)
-    keys = store.list(prefix, after=None if token is None else f"{prefix}{token}.json", limit=limit + 1)
+    found, following = paging.page(store, audit_prefix(registration_id), limit, query.get("continuationToken") or None)
     revocations = revocation.load_revocations(settings, fresh=True)
     now = dt.datetime.now(dt.UTC)
     items = []
-    for key in keys[:limit]:
+    for key in found.keys:
         record = read_json(store, key)
         if record is not None:
             items.append(_certificate(record, revocations.for_record(record), now))
@@ -116,9 +113,54 @@ def list_certificates(query: Mapping[str, str], settings: Settings) -> ApiRespon
             "registrationId": registration_id,
             "registrationRevoked": None if held is None else held.summary(),
             "certificates": items,
-            "continuationToken": keys[limit - 1][len(prefix) :].removesuffix(".json") if len(keys) > limit else None,
+            "continuationToken": following,
         },
     )
+
+
+def _fleet_certificates(query: Mapping[str, str], settings: Settings) -> ApiResponse:
+    """Every device's certificates, soonest notAfter first; `expiringWithinDays` keeps those valid now that
+    expire within that many days, `status` one state. O(limit) per page; a filtered page may be short."""
+    limit = page_size(query.get("limit"), DEFAULT_PAGE, MAX_PAGE)
+    status = query.get("status")
+    if status is not None and status not in STATUSES:
+        raise BadRequest(f"status must be one of {', '.join(STATUSES)}", code="invalid_query")
+    days_text = query.get("expiringWithinDays")
+    days = None if days_text is None else whole_number(days_text)
+    if days_text is not None and (days is None or days > MAX_DAYS):
+        raise BadRequest(f"expiringWithinDays must be a whole number from 0 to {MAX_DAYS}", code="invalid_query")
+    now = dt.datetime.now(dt.UTC)
+    store = open_data_store(settings)
+    token = query.get("continuationToken") or None
+    scope = f"fleet\x00{status}\x00{days}"
+    if days is None:
+        found, following = paging.page(store, EXPIRY_PREFIX, limit, token, scope)
+        keys = found.keys
+    else:
+        # From now: a certificate that expires while an operator pages through drops out of later pages.
+        start, end = now, now + dt.timedelta(days=days)
+        low, high = expiry_key(start, "", ""), expiry_key(end, "", "")
+
+        def day(position: int) -> str | None:
+            when = (start + dt.timedelta(days=position)).date()
+            return f"{EXPIRY_PREFIX}{when:%Y%m%d}/" if when <= end.date() else None
+
+        keys, following = paging.walk(store, day, limit, token, scope, lambda key: low <= key < high)
+    revocations = revocation.load_revocations(settings, fresh=True)
+    items = []
+    for key in keys:
+        marker = parse_marker(key)
+        record = read_json(store, audit_key(marker[1], marker[0])) if marker is not None else None
+        if record is None:
+            continue  # a marker whose record was never written (its writer died first)
+        item = {
+            "registrationId": record.get("registrationId"),
+            **_certificate(record, revocations.for_record(record), now),
+        }
+        state = "revoked" if item["revoked"] else "expired" if item["expired"] else "valid"
+        if status is None or status == state:
+            items.append(item)
+    return ApiResponse(200, {"certificates": items, "continuationToken": following})
 
 
 def get_crl(settings: Settings) -> ApiResponse:

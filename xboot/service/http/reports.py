@@ -9,10 +9,17 @@ from typing import Any
 
 from xboot.errors import BadRequest, ConfigurationError, NotFound, Unprocessable
 from xboot.service.ca.issuers import load_issuing_ca
-from xboot.service.http.edge import ApiResponse, check_size, page_size
+from xboot.service.http.edge import ApiResponse, check_size, page_size, query_time
 from xboot.service.lifecycle.revocation import check_path
 from xboot.service.reports.smime import read_request, report_document
-from xboot.service.reports.store import Kind, is_report_id, list_reports, read_report, store_report
+from xboot.service.reports.store import (
+    Kind,
+    is_report_id,
+    list_fleet_reports,
+    list_reports,
+    read_report,
+    store_report,
+)
 from xboot.service.reports.trust import (
     load_trust_anchors,
 )
@@ -71,25 +78,39 @@ def submit_report(
 
 
 def get_reports(kind: Kind, query: Mapping[str, str], settings: Settings) -> ApiResponse:
+    """One gateway's reports newest first (`gatewayId`), or every gateway's oldest first (`since`, `until`)."""
     gateway_id = query.get("gatewayId")
-    if not gateway_id:
-        raise BadRequest("query parameter gatewayId is required", code="invalid_query")
-    page = list_reports(
-        open_data_store(settings),
-        kind,
-        gateway_id,
-        page_size(query.get("limit"), DEFAULT_PAGE, MAX_PAGE),
-        query.get("continuationToken") or None,
-    )
+    since, until = query_time("since", query.get("since")), query_time("until", query.get("until"))
+    if not gateway_id and since is None:
+        raise BadRequest("give gatewayId (one gateway's reports) or since (every gateway's)", code="invalid_query")
+    if gateway_id and (since or until):
+        raise BadRequest("since and until list every gateway's reports: leave out gatewayId", code="invalid_query")
+    limit = page_size(query.get("limit"), DEFAULT_PAGE, MAX_PAGE)
+    token = query.get("continuationToken") or None
+    store = open_data_store(settings)
+    if gateway_id:
+        page = list_reports(store, kind, gateway_id, limit, token)
+        scope: dict[str, Any] = {"gatewayId": gateway_id}
+    else:
+        assert since is not None
+        until = until or dt.datetime.now(dt.UTC)
+        if until <= since:
+            raise BadRequest("until must be later than since", code="invalid_query")
+        page = list_fleet_reports(store, kind, since, until, limit, token)
+        scope = {"since": _utc(since), "until": _utc(until)}
     return ApiResponse(
         200,
         {
             "kind": kind,
-            "gatewayId": gateway_id,
+            **scope,
             "reports": [_summary(r) for r in page.records],
             "continuationToken": page.continuation_token,
         },
     )
+
+
+def _utc(when: dt.datetime) -> str:
+    return when.isoformat().replace("+00:00", "Z")
 
 
 def get_report(kind: Kind, report_id: str, settings: Settings) -> ApiResponse:

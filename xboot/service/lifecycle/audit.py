@@ -1,7 +1,14 @@
 """The issuance audit log: one record per certificate, written before the certificate leaves.
 
 Records live at `certificates/<registration id, lower case>/<serial>.json`, so listing
-what a device was issued is a prefix listing.
+what a device was issued is a prefix listing. Two empty markers, written just before the record
+and made durable with it, find a record without knowing its device:
+- `certificate-serials/<last 2 hex>/<2 before>/<serial>.<registration id>`: revocation by serial
+  is one small listing (random serials spread evenly over 65,536 folders);
+- `certificate-expiry/<YYYYMMDD>/<HH>/<MMSS>-<serial>.<registration id>`: the fleet's certificates by
+  notAfter, paged in O(page), for `--expiring-within`.
+A crash between markers and record leaves markers without a record (readers skip them); the device got
+no answer and asks again.
 """
 
 from __future__ import annotations
@@ -25,6 +32,29 @@ def audit_key(registration_id: str, serial_number: str) -> str:
     return f"{audit_prefix(registration_id)}{serial_number}.json"
 
 
+SERIAL_PREFIX = "certificate-serials/"
+EXPIRY_PREFIX = "certificate-expiry/"
+
+
+def serial_prefix(serial_number: str) -> str:
+    padded = serial_number.rjust(4, "0")
+    return f"{SERIAL_PREFIX}{padded[-2:]}/{padded[-4:-2]}/{serial_number}."
+
+
+def expiry_key(not_after: dt.datetime, serial_number: str, registration_id: str) -> str:
+    when = not_after.astimezone(dt.UTC)
+    return f"{EXPIRY_PREFIX}{when:%Y%m%d/%H/%M%S}-{serial_number}.{registration_id.lower()}"
+
+
+def parse_marker(key: str) -> tuple[str, str] | None:
+    """(serial, registration id) from a serial or expiry marker."""
+    name = key.rpartition("/")[2]
+    if key.startswith(EXPIRY_PREFIX):
+        name = name.partition("-")[2]  # after MMSS; a registration ID may hold '-' too
+    serial, dot, registration_id = name.partition(".")
+    return (serial, registration_id) if dot and serial and registration_id else None
+
+
 def record_issuance(store: ObjectStore, issued: IssuedCertificate, issued_at: dt.datetime, authorization: str) -> None:
     record = {
         "registrationId": issued.registration_id,
@@ -41,6 +71,9 @@ def record_issuance(store: ObjectStore, issued: IssuedCertificate, issued_at: dt
         "certificate": issued.pem,
     }
     data = json.dumps(record).encode("utf-8")  # no indent: it forces json's pure-Python encoder
+    serial, registration_id = issued.serial_number, issued.registration_id
+    store.create(f"{serial_prefix(serial)}{registration_id.lower()}", b"", flush=False)  # durable with the record
+    store.create(expiry_key(issued.not_after, serial, registration_id), b"", flush=False)
     if not store.create(audit_key(issued.registration_id, issued.serial_number), data):
         # 128 random bits colliding means something is badly wrong: issue nothing.
         raise BackendUnavailable("audit record collision; retry")

@@ -1,11 +1,17 @@
 """The revocation list: which certificates, keys and registration IDs this service no longer stands behind.
 
 Each revocation is one immutable object `revocations/<id>.json` in the data store (File or Blob, beside
-the audit log), written with `create`: concurrent revocations never overwrite one another, and since an
-object never changes once written, a refresh only reads the objects it has not seen (one listing plus
-the new ones). An id is the revocation time and a random suffix, so ids sort by time and are never reused.
-A cold instance first reads `revocation-cache/entries.json`, a copy of the entries that the last
-instance to read many of them left behind, instead of one read per entry.
+the audit log), written with `create`: concurrent revocations never overwrite one another. An id is the
+revocation time and a random suffix, so ids sort by time and are never reused.
+
+Instances never list `revocations/` (it grows with the fleet). Every change is also appended to a change
+log, `revocation-log/<YYYYMMDD>/<HH>/<change id>.<add|remove>.<entry id>` (an add carries the entry),
+and `revocation-cache/snapshot.json` is a compacted copy of the list as of a time (`asOf`). A cold
+instance reads the snapshot and replays the log hours since it; a refresh lists only the log hours since
+the last refresh (minus `LOOKBACK`, for writers still finishing) and reads only the changes it has not
+applied. So loading costs a bounded number of reads whatever the list's size, and a refresh costs what
+changed. Whichever instance holds changes the snapshot lacks writes a new one at most hourly, and one
+that is a day old is rewritten anyway, so a cold start replays at most a day of hours.
 
 Checks that run per request (enrollment, reports, EST re-enrollment) use a per-process snapshot that is
 at most `RevocationCacheSeconds` (default 30) old: a dict lookup, no storage call. The instance that
@@ -24,6 +30,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import bisect
 import datetime as dt
 import hashlib
 import json
@@ -32,7 +39,7 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any
@@ -52,15 +59,13 @@ from xboot.errors import (
 from xboot.pki import PublicKey, common_name, is_pem, issued_by, normalize_fingerprint, sha256_fingerprint, spki_der
 from xboot.service.ca.issuers import load_issuing_ca
 from xboot.service.enrollment.registration import REGISTRATION_ID, validate_registration_id
-from xboot.service.lifecycle.audit import AUDIT_PREFIX, audit_key, audit_prefix
+from xboot.service.lifecycle.audit import audit_key, audit_prefix, parse_marker, serial_prefix
 from xboot.service.settings import Settings
 from xboot.service.storage import ObjectStore, open_data_store, read_json
 
 log = logging.getLogger(__name__)
 
 PREFIX = "revocations/"
-COMPACTED = "revocation-cache/entries.json"  # a copy of every entry, for instances starting cold
-COMPACT_AFTER = 32  # entry reads in one refresh that make it worth reading / writing the copy
 DEFAULT_CACHE_SECONDS = 30
 KINDS = ("serial", "fingerprint", "registrationId")
 # RFC 5280 section 5.3.1 CRLReason names. removeFromCRL is not a reason to revoke: deleting a
@@ -79,7 +84,7 @@ REASONS: dict[str, x509.ReasonFlags] = {
 HOLD = "certificateHold"
 KEY_STAYS_VALID = frozenset({"superseded", "affiliationChanged"})  # the certificate was replaced, not distrusted
 _REASONS_CI = {name.lower(): name for name in REASONS}
-_ID = re.compile(r"[0-9]{8}T[0-9]{12}Z-[0-9a-f]{8}")
+_ID = re.compile(r"[0-9]{8}T[0-9]{12}Z-[0-9a-f]{8}")  # a revocation or change id
 SERIAL = re.compile(r"[0-9A-F]{1,40}")  # a normalised serial: RFC 5280 allows at most 20 octets
 
 
@@ -137,6 +142,7 @@ class Revocation:
     registration_id: str | None = None  # the device, when known
     public_keys: tuple[str, ...] = ()  # key_hash of each certificate it resolved
     issuer: str | None = None  # SHA-256 fingerprint of the CA that issued serial_numbers (None: made before 0.2)
+    not_after: dt.datetime | None = None  # when the last of serial_numbers expires (None: not known)
 
     @property
     def key(self) -> str:
@@ -157,6 +163,7 @@ class Revocation:
             "registrationId": self.registration_id,
             "publicKeySha256": list(self.public_keys),
             "issuerSha256Fingerprint": self.issuer,
+            "notAfter": None if self.not_after is None else _utc(self.not_after),
         }
 
     def summary(self) -> dict[str, str]:
@@ -176,6 +183,7 @@ class Revocation:
                 registration_id=document["registrationId"],
                 public_keys=tuple(document["publicKeySha256"]),
                 issuer=document.get("issuerSha256Fingerprint"),
+                not_after=_optional_time(document.get("notAfter")),
             )
         except (ValueError, TypeError, KeyError, AttributeError):
             return None
@@ -196,6 +204,10 @@ class Revocation:
         return entry
 
 
+def _optional_time(value: object) -> dt.datetime | None:
+    return None if value is None else dt.datetime.fromisoformat(str(value))
+
+
 def new_id(now: dt.datetime) -> str:
     return f"{now.astimezone(dt.UTC):%Y%m%dT%H%M%S%f}Z-{secrets.token_hex(4)}"
 
@@ -204,7 +216,7 @@ def is_revocation_id(value: str) -> bool:
     return _ID.fullmatch(value) is not None
 
 
-def _keep_earliest(index: dict[str, Revocation], value: str, entry: Revocation) -> None:
+def _keep_earliest(index: dict[Any, Revocation], value: Hashable, entry: Revocation) -> None:
     """The entry in effect first answers for a value (oldest entry on a tie): a superseded entry that takes
     effect tomorrow must not hide a keyCompromise entry in effect now."""
     current = index.get(value)
@@ -228,23 +240,50 @@ class RevocationList:
     by_serial: Mapping[str, Revocation] = field(default_factory=dict)
     by_registration: Mapping[str, Revocation] = field(default_factory=dict)
     by_key: Mapping[str, Revocation] = field(default_factory=dict)
+    by_target: Mapping[tuple[str, str], Revocation] = field(default_factory=dict)
 
     @classmethod
     def of(cls, entries: Iterable[Revocation]) -> RevocationList:
-        ordered = tuple(sorted(entries, key=lambda e: e.id))
-        by_fingerprint: dict[str, Revocation] = {}
-        by_serial: dict[str, Revocation] = {}
-        by_registration: dict[str, Revocation] = {}
-        by_key: dict[str, Revocation] = {}
-        for entry in ordered:
-            index = {"serial": by_serial, "fingerprint": by_fingerprint, "registrationId": by_registration}
+        return cls(()).adding(entries)
+
+    def adding(self, entries: Iterable[Revocation]) -> RevocationList:
+        """A new snapshot with `entries` added: the indexes are copied (C speed) and only the new entries
+        indexed, so a refresh that brings a few changes costs those, not a rebuild of the whole list."""
+        new = sorted(entries, key=lambda e: e.id)
+        if not new:
+            return self
+        by_fingerprint, by_serial = dict(self.by_fingerprint), dict(self.by_serial)
+        by_registration, by_key, by_target = dict(self.by_registration), dict(self.by_key), dict(self.by_target)
+        index = {"serial": by_serial, "fingerprint": by_fingerprint, "registrationId": by_registration}
+        for entry in new:
             _keep_earliest(index[entry.kind], entry.value, entry)
+            _keep_earliest(by_target, (entry.kind, entry.value), entry)
             for serial in entry.serial_numbers:
                 _keep_earliest(by_serial, serial, entry)
             if entry.blocks_keys:
                 for key in entry.public_keys:
                     _keep_earliest(by_key, key, entry)
-        return cls(ordered, by_fingerprint, by_serial, by_registration, by_key)
+        ordered = (*self.entries, *new)
+        if self.entries and new[0].id < self.entries[-1].id:  # a late writer's entry: keep the id order
+            ordered = tuple(sorted(ordered, key=lambda e: e.id))
+        return RevocationList(ordered, by_fingerprint, by_serial, by_registration, by_key, by_target)
+
+    @cached_property
+    def ids(self) -> tuple[str, ...]:
+        return tuple(e.id for e in self.entries)
+
+    @cached_property
+    def effective_times(self) -> tuple[dt.datetime, ...]:
+        return tuple(sorted(e.revoked_at for e in self.entries))
+
+    def pending(self, now: dt.datetime) -> int:
+        """Entries not yet in effect (a renewal's superseded predecessors in their grace): O(log n)."""
+        return len(self.effective_times) - bisect.bisect_right(self.effective_times, now)
+
+    def after(self, revocation_id: str | None, limit: int) -> list[Revocation]:
+        """A page of entries by id, strictly after `revocation_id`: O(log n + limit)."""
+        start = 0 if revocation_id is None else bisect.bisect_right(self.ids, revocation_id)
+        return list(self.entries[start : start + limit])
 
     @cached_property
     def digest(self) -> str:
@@ -252,7 +291,7 @@ class RevocationList:
         return hashlib.sha256("\n".join(e.id for e in self.entries).encode()).hexdigest()
 
     def find(self, kind: str, value: str) -> Revocation | None:
-        return next((e for e in self.entries if e.kind == kind and e.value == value), None)
+        return self.by_target.get((kind, value))
 
     def is_revoked(
         self, certificate: x509.Certificate, ca_subject: x509.Name | None, fingerprint: str | None = None
@@ -287,8 +326,68 @@ class RevocationList:
 # -- the per-process snapshot -------------------------------------------------------------------------
 
 
+LOG = "revocation-log/"
+SNAPSHOT = "revocation-cache/snapshot.json"
+LOOKBACK = dt.timedelta(seconds=120)  # a change is in the log by then: writers take milliseconds
+SNAPSHOT_AFTER = dt.timedelta(hours=1)  # changes the stored snapshot lacks are compacted into it this often
+SNAPSHOT_MAX_AGE = dt.timedelta(days=1)  # ... and it is rewritten anyway once this old (bounds a cold replay)
+_ID_PATTERN = r"[0-9]{8}T[0-9]{12}Z-[0-9a-f]{8}"
+_CHANGE = re.compile(rf"(?P<change>{_ID_PATTERN})\.(?P<op>add|remove)\.(?P<entry>{_ID_PATTERN})")
+
+
+def _id_time(identifier: str) -> dt.datetime:
+    return dt.datetime.strptime(identifier[:21], "%Y%m%dT%H%M%S%f").replace(tzinfo=dt.UTC)
+
+
+def _log_hour(when: dt.datetime) -> str:
+    return f"{LOG}{when.astimezone(dt.UTC):%Y%m%d/%H}/"
+
+
+def log_change(store: ObjectStore, op: str, entry: Revocation, change_id: str | None = None) -> None:
+    """Append `op` (add, remove) of `entry` to the change log. An add's change id is the entry's own (so a
+    retry rewrites the same object); a repair passes a fresh one, so that refreshers see it now."""
+    change = change_id or entry.id
+    data = json.dumps(entry.to_json()).encode() if op == "add" else b""
+    store.create(f"{_log_hour(_id_time(change))}{change}.{op}.{entry.id}", data)
+
+
+@dataclass
+class _State:
+    """What a view knows: the entries, the removed ids, the changes applied, and until when it is complete."""
+
+    entries: dict[str, Revocation] = field(default_factory=dict)
+    removed: set[str] = field(default_factory=set)
+    applied: dict[str, dt.datetime] = field(default_factory=dict)  # change id -> its time, within LOOKBACK
+    complete_until: dt.datetime | None = None  # every change older than this is applied; None: never loaded
+
+    def to_json(self) -> dict[str, Any]:
+        assert self.complete_until is not None
+        return {
+            "asOf": self.complete_until.isoformat(),
+            "applied": sorted(self.applied),
+            "removed": sorted(self.removed),
+            "entries": [e.to_json() for e in sorted(self.entries.values(), key=lambda e: e.id)],
+        }
+
+    @classmethod
+    def from_json(cls, data: bytes) -> _State | None:
+        try:
+            document = json.loads(data)
+            entries = [Revocation.parse(d, f"{PREFIX}{d['id']}.json") for d in document["entries"]]
+            applied = {str(c): _id_time(str(c)) for c in document["applied"]}
+            state = cls(
+                {e.id: e for e in entries if e is not None},
+                {str(i) for i in document["removed"]},
+                applied,
+                dt.datetime.fromisoformat(document["asOf"]),
+            )
+        except (ValueError, TypeError, KeyError, AttributeError):
+            return None
+        return state if None not in entries else None
+
+
 class _View:
-    """One data store's entries; refreshed incrementally because entries never change once written.
+    """One data store's revocation list as this process knows it, refreshed from the change log.
 
     When the snapshot has merely expired and another request is already refreshing it, requests keep
     using it rather than queue behind a listing; after `invalidate` (this instance changed the list)
@@ -297,14 +396,16 @@ class _View:
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.entries: dict[str, Revocation] = {}
+        self.state = _State()
         self.snapshot = RevocationList.of(())
         self.expires = 0.0
         self.current = False  # loaded at least once and not invalidated since
-        self.version: int | None = None  # the store's folder_version when it was last listed
+        self.version: int | None = None  # the store's folder_version of the log's current hour when last read
+        self.stored_as_of: dt.datetime | None = None  # the snapshot object's asOf, as this process last saw it
+        self.unsaved = False  # changes applied that the stored snapshot may lack
 
     def get(self, store: ObjectStore, ttl: int, fresh: bool) -> RevocationList:
-        version = store.folder_version(PREFIX)
+        version = store.folder_version(_log_hour(dt.datetime.now(dt.UTC)))
         changed = version != self.version  # another process of this server changed the list: wait for it
         if not fresh and not changed and time.monotonic() < self.expires:
             return self.snapshot
@@ -312,7 +413,7 @@ class _View:
             return self.snapshot
         try:
             if fresh or version != self.version or time.monotonic() >= self.expires:
-                self._refresh(store)
+                self._refresh(store, dt.datetime.now(dt.UTC))
                 self.version = version
                 self.expires = time.monotonic() + ttl
                 self.current = True
@@ -320,54 +421,76 @@ class _View:
         finally:
             self.lock.release()
 
-    def _refresh(self, store: ObjectStore) -> None:
-        keys = store.list(PREFIX)
-        missing = [k for k in keys if k not in self.entries]
-        known = _read_compacted(store) if len(missing) >= COMPACT_AFTER else {}
-        current: dict[str, Revocation] = {}
-        read = 0
-        for key in keys:
-            entry = self.entries.get(key) or known.get(key)
-            if entry is None:
-                data = store.read(key)
-                if data is None:  # deleted since the listing
-                    continue
-                entry = Revocation.from_json(data, key)
-                read += 1
-            current[key] = entry
-        if current.keys() != self.entries.keys():
-            self.entries = current
-            self.snapshot = RevocationList.of(current.values())
-        if read >= COMPACT_AFTER:
-            _write_compacted(store, self.snapshot)
+    def _load(self, store: ObjectStore, now: dt.datetime) -> None:
+        """Cold: the stored snapshot; without one (a list made before the change log) every entry, once."""
+        data = store.read(SNAPSHOT)
+        state = _State.from_json(data) if data is not None else None
+        if data is not None and state is None:
+            log.warning("%s is unreadable; reading every revocation once to rebuild it", SNAPSHOT)
+        if state is None:
+            state = _State(complete_until=now - LOOKBACK)  # the log then covers what follows
+            for key in store.list(PREFIX):
+                entry = store.read(key)
+                if entry is not None:
+                    state.entries[key[len(PREFIX) :].removesuffix(".json")] = Revocation.from_json(entry, key)
+            self.unsaved = True
+        else:
+            self.stored_as_of = state.complete_until
+        self.state = state
+        self.snapshot = RevocationList.of(state.entries.values())
+
+    def _refresh(self, store: ObjectStore, now: dt.datetime) -> None:
+        if self.state.complete_until is None:
+            self._load(store, now)
+        state = self.state
+        assert state.complete_until is not None
+        since = state.complete_until - LOOKBACK
+        changes = []
+        hour = since.replace(minute=0, second=0, microsecond=0)
+        while hour <= now:
+            for key in store.list(_log_hour(hour)):
+                found = _CHANGE.fullmatch(key.rpartition("/")[2])
+                if found is not None and found["change"] not in state.applied and _id_time(found["change"]) >= since:
+                    changes.append((found["change"], found["op"], found["entry"], key))
+            hour += dt.timedelta(hours=1)
+        added: list[Revocation] = []
+        removed = False
+        for change, op, entry_id, key in sorted(changes):
+            state.applied[change] = _id_time(change)
+            if op == "remove":
+                removed |= state.entries.pop(entry_id, None) is not None
+                state.removed.add(entry_id)
+                continue
+            data = store.read(key)
+            if data is None or entry_id in state.removed or entry_id in state.entries:
+                continue
+            entry = Revocation.from_json(data, f"{PREFIX}{entry_id}.json")
+            state.entries[entry_id] = entry
+            added.append(entry)
+        state.complete_until = now - LOOKBACK
+        for change, when in list(state.applied.items()):
+            if when < state.complete_until - LOOKBACK:
+                del state.applied[change]  # older than any later refresh looks: never met again
+        if removed:
+            self.snapshot = RevocationList.of(state.entries.values())
+        elif added:
+            self.snapshot = self.snapshot.adding(added)
+        self.unsaved |= bool(changes)
+        self._save(store, now)
+
+    def _save(self, store: ObjectStore, now: dt.datetime) -> None:
+        """The compacted snapshot, when this process holds changes the stored one lacks (at most hourly) or
+        the stored one is a day old; any instance's copy is correct as of its own asOf."""
+        age = now - self.stored_as_of if self.stored_as_of is not None else None
+        if (self.unsaved and (age is None or age >= SNAPSHOT_AFTER)) or (age is not None and age >= SNAPSHOT_MAX_AGE):
+            store.replace(SNAPSHOT, json.dumps(self.state.to_json()).encode())
+            self.stored_as_of, self.unsaved = self.state.complete_until, False
 
     def invalidate(self) -> None:
         """Under the lock: a refresh already running may have listed before our write, so it must not count."""
         with self.lock:
             self.expires = 0.0
             self.current = False
-
-
-def _read_compacted(store: ObjectStore) -> dict[str, Revocation]:
-    """Entries another instance read already, so that a cold instance makes one read instead of one per entry.
-
-    Only ever a shortcut: which entries exist is decided by the listing, so a stale copy (missing new
-    entries, holding removed ones) changes nothing; an unreadable one is ignored.
-    """
-    data = store.read(COMPACTED)
-    try:
-        documents = json.loads(data) if data is not None else []
-        entries = [Revocation.parse(d, f"{PREFIX}{d['id']}.json") for d in documents]
-    except (ValueError, TypeError, KeyError):
-        entries = [None]
-    if None in entries:
-        log.warning("%s is unreadable; reading the revocations one by one", COMPACTED)
-        return {}
-    return {e.key: e for e in entries if e is not None}
-
-
-def _write_compacted(store: ObjectStore, revocations: RevocationList) -> None:
-    store.replace(COMPACTED, json.dumps([e.to_json() for e in revocations.entries]).encode())
 
 
 _views_lock = threading.Lock()
@@ -465,11 +588,16 @@ class Target:
     registration_id: str | None = None
     public_keys: tuple[str, ...] = ()
     issuer: str | None = None  # the CA that issued serial_numbers
+    not_after: dt.datetime | None = None  # when the last of them expires
 
 
 def _from_records(kind: str, value: str, records: list[dict[str, Any]], registration_id: str | None) -> Target:
     keys = (record_key_hash(r) for r in records)
     issuers = {r.get("issuerSha256Fingerprint") for r in records}
+    try:
+        expiries = [dt.datetime.fromisoformat(str(r["notAfter"])) for r in records]
+    except (KeyError, ValueError):
+        expiries = []  # a record without a readable notAfter: the entry stays in the CRL for good
     return Target(
         kind,
         value,
@@ -477,6 +605,7 @@ def _from_records(kind: str, value: str, records: list[dict[str, Any]], registra
         registration_id,
         tuple(dict.fromkeys(k for k in keys if k is not None)),
         issuers.pop() if len(issuers) == 1 else None,
+        max(expiries) if expiries and len(expiries) == len(records) else None,
     )
 
 
@@ -489,15 +618,15 @@ def _current_ca(settings: Settings) -> str | None:
 
 
 def _serial_target(store: ObjectStore, value: object, settings: Settings) -> Target:
-    """Found by listing the audit log's names (no reads): its registration ID and key, if it is recorded."""
+    """Found through the serial marker (one small listing): its registration ID and key, if it is recorded."""
     serial = normalize_serial(value)
-    suffix = f"/{serial}.json"
-    keys = [k for k in store.list(AUDIT_PREFIX) if k.endswith(suffix)]
+    found = [parse_marker(k) for k in store.list(serial_prefix(serial))]
+    keys = [audit_key(m[1], serial) for m in found if m is not None and m[0] == serial]
     records = [r for r in (read_json(store, k) for k in keys[:1]) if r is not None]
     if not records:
         return Target("serial", serial, (serial,), issuer=_current_ca(settings))
     target = _from_records("serial", serial, records, str(records[0].get("registrationId")))
-    return Target("serial", serial, (serial,), target.registration_id, target.public_keys, target.issuer)
+    return replace(target, serial_numbers=(serial,))
 
 
 def _registration_target(store: ObjectStore, value: object) -> Target:
@@ -536,7 +665,8 @@ def _certificate_target(store: ObjectStore, value: object, settings: Settings) -
     if name is not None and REGISTRATION_ID.fullmatch(name):  # signed by our key outside the service: no record
         record = read_json(store, audit_key(name, serial))
     recorded = record is not None and record.get("sha256Fingerprint") == fingerprint
-    return Target("fingerprint", fingerprint, (serial,), name if recorded else None, keys, ca.fingerprint)
+    return Target("fingerprint", fingerprint, (serial,), name if recorded else None, keys, ca.fingerprint,
+                  certificate.not_valid_after_utc)  # fmt: skip
 
 
 def resolve(store: ObjectStore, selector: str, value: object, settings: Settings) -> Target:
@@ -565,7 +695,7 @@ def supersede(settings: Settings, record: Mapping[str, Any], effective_at: dt.da
     """A renewed device's earlier certificate (its audit record): revoked as superseded from `effective_at`."""
     serial = str(record["serialNumber"])
     found = _from_records("serial", serial, [dict(record)], str(record.get("registrationId")))
-    target = Target("serial", serial, (serial,), found.registration_id, found.public_keys, found.issuer)
+    target = replace(found, serial_numbers=(serial,))
     return _record(open_data_store(settings), settings, target, "superseded", now, effective_at)[0]
 
 
@@ -595,13 +725,17 @@ def _record(
         if not isinstance(entry_id, str) or not is_revocation_id(entry_id):
             raise BackendUnavailable("a revocation claim is unreadable; retry")
         entry = candidate if entry_id == candidate.id else replace(candidate, id=entry_id)
-        if store.create(entry.key, json.dumps(entry.to_json(), indent=1).encode()):
-            _view(store).invalidate()
-            log.info("revoked %s %s (%s) as %s", entry.kind, entry.value, entry.reason, entry.id)
+        written = store.create(entry.key, json.dumps(entry.to_json(), indent=1).encode())
         data = store.read(entry.key)
         if data is None:
             raise BackendUnavailable("revocation storage is inconsistent; retry")
         existing = Revocation.from_json(data, entry.key)
+        # In the log under its own id; a writer that finds the entry already there (its first writer may have
+        # died before logging it, which is why a fresh list lacked it) logs it anew, as a change made now.
+        log_change(store, "add", existing, None if written else new_id(now))
+        _view(store).invalidate()
+        if written:
+            log.info("revoked %s %s (%s) as %s", entry.kind, entry.value, entry.reason, entry.id)
         if ours and existing.reason == reason:
             return existing, True  # whoever wrote the entry's bytes, this call's claim made it
     if existing.reason != reason:
@@ -624,6 +758,7 @@ def _entry(target: Target, reason: str, now: dt.datetime, effective_at: dt.datet
         registration_id=target.registration_id,
         public_keys=target.public_keys,
         issuer=target.issuer,
+        not_after=target.not_after,
     )
 
 
@@ -640,7 +775,8 @@ def remove(settings: Settings, revocation_id: str) -> Revocation:
             f"revocation {entry.id} is {entry.reason}, which is permanent; only certificateHold entries can be removed",
             code="not_on_hold",
         )
-    store.delete(key)
+    log_change(store, "remove", entry, new_id(dt.datetime.now(dt.UTC)))  # first: a crash after it leaves an
+    store.delete(key)  # entry object no instance counts, which a retry of this call deletes
     store.delete(_claim_key(Target(entry.kind, entry.value)))  # after the entry: a crash between leaves a claim
     _view(store).invalidate()  # that the next revocation of the target repairs
     log.info("removed hold %s on %s %s", entry.id, entry.kind, entry.value)

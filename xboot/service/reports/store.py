@@ -1,4 +1,4 @@
-"""Stored reports: one record per signed report, and a per-gateway index for newest-first listing.
+"""Stored reports: one record per signed report, and two indexes that list them newest or oldest first.
 
 `reports/<kind>/<id>.json` holds the record (report, verification result, the signed
 message as received). Its id comes from the signer certificate and the signed
@@ -6,16 +6,19 @@ attributes (which carry the content digest and signing time), so the same signed
 report maps to the same record however it was transported, and `create` (atomic,
 never overwrites) makes ingestion idempotent under concurrency.
 
-`report-index/<kind>/<gateway>/<inverted received ms>-<id>` is an empty marker that
-makes a prefix listing come out newest first. It is written after the record, so a
-listing never names a record that is not fully stored; if the marker write fails,
-the caller gets 503 and its retry, which finds the record, writes the marker.
+Two empty markers name each record, so that every listing is a paged prefix listing (O(page)):
+- `report-index/<kind>/<gateway>/<inverted day>/<inverted received ms>-<id>`: one gateway's reports,
+  newest first;
+- `report-time/<kind>/<YYYYMMDD>/<HH>/<MM>/<SS><mmm>-<id>`: every gateway's, by received time, oldest first.
+The day, hour and minute segments keep each File-store folder small however long a gateway reports or
+however large the fleet; on Blob they are just part of the name. The markers are written before the
+record, so a crash in between leaves a marker without a record (listings skip it), never a stored
+report no listing shows; the device got no answer and sends again.
 """
 
 from __future__ import annotations
 
 import base64
-import binascii
 import datetime as dt
 import hashlib
 import json
@@ -27,13 +30,13 @@ from cryptography.hazmat.primitives import serialization
 
 from xboot.errors import BackendUnavailable, BadRequest
 from xboot.service.reports.verify import Verification
-from xboot.service.storage import ObjectStore, check_key, read_json
+from xboot.service.storage import ObjectStore, check_key, paging, read_json
 
 Kind = Literal["system", "update"]
 _INVERT_MS = 10**13  # inverted epoch milliseconds stay 13 digits until the year 2286
+DAY_MS = 86_400_000
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _ID = re.compile(r"[0-9a-f]{32}")
-_INDEX_ENTRY = re.compile(r"[0-9]{13}-[0-9a-f]{32}")
 MAX_PLAIN_SEGMENT = 200
 _PLAIN = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
 
@@ -76,10 +79,22 @@ def _index_prefix(kind: Kind, gateway_id: str) -> str:
     return f"report-index/{kind}/{_gateway_segment(gateway_id)}/"
 
 
-def _index_key(record: dict[str, Any]) -> str:
-    received = dt.datetime.fromisoformat(record["receivedAt"])
-    inverted = _INVERT_MS - (received - _EPOCH) // dt.timedelta(milliseconds=1)
-    return f"{_index_prefix(record['kind'], record['gatewayId'])}{inverted:013d}-{record['id']}"
+def _time_prefix(kind: Kind) -> str:
+    return f"report-time/{kind}/"
+
+
+def _received(record: dict[str, Any]) -> dt.datetime:
+    return dt.datetime.fromisoformat(record["receivedAt"])
+
+
+def _index_keys(record: dict[str, Any]) -> tuple[str, str]:
+    """The record's two markers: its gateway's newest-first listing, and the fleet's by time."""
+    received = _received(record)
+    milliseconds = (received - _EPOCH) // dt.timedelta(milliseconds=1)
+    inverted = _INVERT_MS - milliseconds
+    gateway = _index_prefix(record["kind"], record["gatewayId"])
+    by_gateway = f"{gateway}{inverted // DAY_MS:05d}/{inverted:013d}-{record['id']}"
+    return by_gateway, f"{_time_key(record['kind'], received)}{record['id']}"
 
 
 @dataclass(frozen=True)
@@ -107,38 +122,25 @@ def store_report(
         "report": document,
         "signedMessage": base64.b64encode(message).decode("ascii"),
     }
-    # The index entry first, then the record: a crash in between leaves an entry without a record, which
-    # listings skip, never a stored report no listing shows. The device got no answer and sends again.
-    entry = check_key(_index_key(record))
-    store.create(entry, b"")
+    entries = [check_key(k) for k in _index_keys(record)]
+    for entry in entries:
+        store.create(entry, b"", flush=False)  # durable with the record's flush, just below
     created = store.create(key, json.dumps(record, indent=1).encode("utf-8"))
     if not created:
         existing = read_json(store, key)
         if existing is None:  # created and deleted in between: nothing deletes records, so storage is misbehaving
             raise BackendUnavailable("report storage is inconsistent; retry")
         record = existing
-        store.create(_index_key(record), b"")  # the first upload's entry, should its writer have died before it
-        if _index_key(record) != entry:
-            store.delete(entry)  # this repeat's own entry points at a record filed under another time
+        originals = _index_keys(record)
+        for original, entry in zip(originals, entries, strict=True):
+            if original != entry:
+                store.create(original, b"")  # the first upload's marker, should its writer have died before it
+                store.delete(entry)  # this repeat's own marker points at a record filed under another time
     return StoredReport(record, created)
 
 
 def read_report(store: ObjectStore, kind: Kind, report: str) -> dict[str, Any] | None:
     return read_json(store, record_key(kind, report))
-
-
-def _token(entry: str) -> str:
-    return base64.urlsafe_b64encode(entry.encode("ascii")).decode("ascii").rstrip("=")
-
-
-def _entry(token: str) -> str:
-    try:
-        entry = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode("ascii")
-    except (binascii.Error, ValueError):
-        entry = ""
-    if not _INDEX_ENTRY.fullmatch(entry):
-        raise BadRequest("continuationToken is not one this service returned", code="invalid_token")
-    return entry
 
 
 @dataclass(frozen=True)
@@ -147,17 +149,46 @@ class ReportPage:
     continuation_token: str | None
 
 
-def list_reports(store: ObjectStore, kind: Kind, gateway_id: str, limit: int, token: str | None) -> ReportPage:
-    """Newest first; `token` (from the previous page) resumes after the last entry it returned."""
-    prefix = _index_prefix(kind, gateway_id)
-    keys = store.list(prefix, after=None if token is None else prefix + _entry(token), limit=limit + 1)
-    page = keys[:limit]
+def _listed(store: ObjectStore, kind: Kind, keys: list[str], position: int) -> list[dict[str, Any]]:
+    """The records the markers name. A marker whose record is missing (its writer died first) or is filed
+    under another time (a repeat's marker, left by a writer that died before deleting it) is skipped."""
     records = []
-    for key in page:
+    for key in keys:
         record = read_report(store, kind, key.rpartition("-")[2])
-        # An entry whose record is missing (its writer died first) or is filed under another time (a repeat's
-        # entry, left by a writer that died before deleting it) is not this report's listing: skip it.
-        if record is not None and _index_key(record) == key:
+        if record is not None and _index_keys(record)[position] == key:
             records.append(record)
-    more = len(keys) > limit
-    return ReportPage(records, _token(page[-1][len(prefix) :]) if more else None)
+    return records
+
+
+def list_reports(store: ObjectStore, kind: Kind, gateway_id: str, limit: int, token: str | None) -> ReportPage:
+    """One gateway's, newest first; `token` (from the previous page) resumes where it ended."""
+    found, following = paging.page(store, _index_prefix(kind, gateway_id), limit, token)
+    return ReportPage(_listed(store, kind, found.keys, 0), following)
+
+
+HOUR = dt.timedelta(hours=1)
+
+
+def _time_key(kind: Kind, when: dt.datetime) -> str:
+    when = when.astimezone(dt.UTC)
+    return f"{_time_prefix(kind)}{when:%Y%m%d/%H/%M/%S}{when.microsecond // 1000:03d}-"
+
+
+def list_fleet_reports(
+    store: ObjectStore, kind: Kind, since: dt.datetime, until: dt.datetime, limit: int, token: str | None
+) -> ReportPage:
+    """Every gateway's reports received in [since, until), oldest first, one hour's prefix after another.
+
+    O(limit) work per page whatever the fleet's size; a page may hold fewer than `limit` reports
+    (a sparse range): follow the token, sent with the same `since` and `until`.
+    """
+    first = since.astimezone(dt.UTC).replace(minute=0, second=0, microsecond=0)
+    low, high = _time_key(kind, since), _time_key(kind, until)
+
+    def hour(position: int) -> str | None:
+        start = first + position * HOUR
+        return f"{_time_prefix(kind)}{start:%Y%m%d/%H}/" if start < until else None
+
+    scope = f"fleet\x00{kind}\x00{since.isoformat()}\x00{until.isoformat()}"
+    keys, following = paging.walk(store, hour, limit, token, scope, lambda key: low <= key < high)
+    return ReportPage(_listed(store, kind, keys, 1), following)

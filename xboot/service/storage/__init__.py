@@ -11,6 +11,7 @@ import importlib
 import json
 import re
 import threading
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from xboot.errors import BackendUnavailable, ConfigurationError
@@ -39,9 +40,17 @@ def check_key(key: str) -> str:
     return key
 
 
+@dataclass(frozen=True)
+class Page:
+    keys: list[str]
+    marker: str | None  # the store's continuation: None when nothing follows
+
+
 class ObjectStore(Protocol):
-    def create(self, key: str, data: bytes) -> bool:
-        """Write `data` under `key` unless it exists; True if this call wrote it. Atomic."""
+    def create(self, key: str, data: bytes, *, flush: bool = True) -> bool:
+        """Write `data` under `key` unless it exists; True if this call wrote it. Atomic, and durable when
+        it returns; with `flush=False` durable only with the next flushed write of this store, which the
+        caller makes before it answers (markers written just before their record share its flush)."""
         ...
 
     def replace(self, key: str, data: bytes) -> None:
@@ -52,8 +61,14 @@ class ObjectStore(Protocol):
 
     def delete(self, key: str) -> None: ...
 
-    def list(self, prefix: str, *, after: str | None = None, limit: int | None = None) -> list[str]:
-        """Keys under `prefix`, ascending, strictly after `after`, at most `limit`."""
+    def list(self, prefix: str) -> list[str]:
+        """Every key under `prefix`, ascending. Only for prefixes that stay small whatever the fleet's size
+        (one device's certificates, one hour of a change log): anything that grows with the fleet is paged."""
+        ...
+
+    def page(self, prefix: str, limit: int, marker: str | None = None) -> Page:
+        """At most `limit` keys under `prefix`, ascending, resuming at `marker` (the store's own continuation
+        from the previous page). Costs O(limit) whatever the number of keys under `prefix`."""
         ...
 
     def folder_version(self, prefix: str) -> int | None:

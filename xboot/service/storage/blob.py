@@ -16,7 +16,7 @@ from azure.core.exceptions import AzureError, ResourceExistsError, ResourceNotFo
 from xboot.service.azure.blob import blob_service_client
 from xboot.service.azure.sdk import raise_backend_error
 from xboot.service.settings import Settings
-from xboot.service.storage import check_key
+from xboot.service.storage import Page, check_key
 
 DEFAULT_CONTAINER = "xboot-data"
 _ROLE = "the Storage Blob Data Contributor role"
@@ -45,9 +45,10 @@ class BlobStore:
     def _fail(self, error: AzureError, key: str) -> NoReturn:
         raise_backend_error(error, "Blob storage", self._setting, f"object {key}", _ROLE)
 
-    def create(self, key: str, data: bytes) -> bool:
+    def create(self, key: str, data: bytes, *, flush: bool = True) -> bool:
         """Put Blob with If-None-Match: *, so the service decides atomically who wrote first.
 
+        Every Put Blob is durable when it succeeds, whatever `flush` says.
         A retry after a lost response (the write may have landed) meets our own blob: if it
         holds exactly our bytes, the write was this call's.
         """
@@ -90,18 +91,22 @@ class BlobStore:
     def folder_version(self, prefix: str) -> int | None:
         return None  # no cheap change token: instances see each other's changes within the cache TTL
 
-    def list(self, prefix: str, *, after: str | None = None, limit: int | None = None) -> list[str]:
-        keys: list[str] = []
+    def list(self, prefix: str) -> list[str]:
         try:
-            for name in self._client().list_blob_names(name_starts_with=prefix):
-                if after is not None and name <= after:
-                    continue
-                keys.append(name)
-                if limit is not None and len(keys) >= limit:
-                    break
+            return list(self._client().list_blob_names(name_starts_with=prefix))
         except AzureError as error:
             self._fail(error, prefix)
-        return keys
+
+    def page(self, prefix: str, limit: int, marker: str | None = None) -> Page:
+        """One List Blobs call: the service's NextMarker resumes where this page ended (its opaque form
+        is the service's; Azurite's is the last name)."""
+        try:
+            pages = self._client().list_blob_names(name_starts_with=prefix, results_per_page=limit)
+            pager = pages.by_page(continuation_token=marker)
+            keys = list(next(pager, []))
+            return Page(keys, pager.continuation_token or None)
+        except AzureError as error:
+            self._fail(error, prefix)
 
 
 def open_store(settings: Settings) -> BlobStore:

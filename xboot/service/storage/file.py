@@ -11,21 +11,24 @@ record costs a fraction of a flush (group commit). `file`: each write fsyncs its
 
 from __future__ import annotations
 
+import bisect
 import ctypes
+import itertools
 import os
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import unquote
 
 from xboot.errors import BackendUnavailable, ConfigurationError
 from xboot.service.settings import Settings
-from xboot.service.storage import check_key
+from xboot.service.storage import Page, check_key
 
 DEFAULT_DIRECTORY = ".xboot-data"
 TEMPORARY_PREFIX = ".tmp-"
+SORTED_FOLDERS = 256  # folders whose sorted listing is kept (each until it changes)
 ABANDONED_SECONDS = 600  # a temporary file lives microseconds; one this old was left by a killed writer
 
 
@@ -109,6 +112,8 @@ class FileStore:
         self.root = root
         self._prefix = f"{root}/"
         self._group: GroupCommit | None = None
+        self._sorted: dict[str, tuple[int, list[tuple[str, str, bool]]]] = {}
+        self._sorted_lock = threading.Lock()
         if sync == "group" and SYNCFS is not None:
             self._group = GroupCommit(self._syncfs)
 
@@ -152,8 +157,13 @@ class FileStore:
             _sync_directory(os.path.dirname(folder))  # the new folder's entry must survive too
         _sync_directory(folder)
 
-    def create(self, key: str, data: bytes) -> bool:
-        """Durable before it returns True: the file's data and its name in the folder are on disk."""
+    def create(self, key: str, data: bytes, *, flush: bool = True) -> bool:
+        """Durable before it returns True: the file's data and its name in the folder are on disk.
+
+        With `flush=False` under group commit nothing waits: the next flushed write's syncfs covers this
+        one too. DataSync file fsyncs every write, asked or not.
+        """
+        flush = flush or self._group is None
         path = self._path(key)
         try:
             temporary, made = self._temporary(path, data)
@@ -163,7 +173,8 @@ class FileStore:
                 return False
             finally:
                 os.unlink(temporary)
-            self._durable(path, made)
+            if flush:
+                self._durable(path, made)
             return True
         except OSError as error:
             raise BackendUnavailable(f"data directory is not writable ({error.strerror})") from None
@@ -204,22 +215,76 @@ class FileStore:
         except OSError as error:
             raise BackendUnavailable(f"data directory is not readable ({error.strerror})") from None
 
-    def list(self, prefix: str, *, after: str | None = None, limit: int | None = None) -> list[str]:
-        directory = prefix.rpartition("/")[0]
-        base = Path(self._path(directory)) if directory else self.root
-        if not base.is_dir():
+    def _entries(self, folder: str) -> list[tuple[str, str, bool]]:
+        """(sort key, file name, is a folder) of one folder in key order, a folder sorting as `name/`.
+
+        Cached until the folder changes (its mtime): paging through a folder that holds many keys sorts
+        it once, not once per page. Abandoned temporary files are removed as listings pass them.
+        """
+        try:
+            version = os.stat(folder).st_mtime_ns
+        except FileNotFoundError:
             return []
-        keys: list[str] = []
-        for path in base.rglob("*"):
-            if path.name.startswith(TEMPORARY_PREFIX):
-                _remove_if_abandoned(path)
-                continue
-            if path.is_file():
-                relative = "/".join(unquote(p) for p in path.relative_to(self.root).parts)
-                if relative.startswith(prefix) and (after is None or relative > after):
-                    keys.append(relative)
-        keys.sort()
-        return keys if limit is None else keys[:limit]
+        cached = self._sorted.get(folder)
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        entries = []
+        with os.scandir(folder) as scan:
+            for item in scan:
+                if item.name.startswith(TEMPORARY_PREFIX):
+                    _remove_if_abandoned(Path(item.path))
+                    continue
+                is_folder = item.is_dir()
+                name = unquote(item.name)
+                entries.append((f"{name}/" if is_folder else name, item.name, is_folder))
+        entries.sort()
+        with self._sorted_lock:
+            if len(self._sorted) >= SORTED_FOLDERS:
+                self._sorted.clear()
+            self._sorted[folder] = (version, entries)
+        return entries
+
+    def _walk(self, folder: str, key_prefix: str, after: str | None, start: str) -> Iterator[str]:
+        """Keys under `folder` (whose keys begin `key_prefix`) in ascending order, strictly after `after`
+        (a key under this folder, or None) and, at this level, from `start` on. Folders wholly before
+        `after` are never opened."""
+        entries = self._entries(folder)
+        target = start
+        if after is not None:
+            head, slash, _ = after[len(key_prefix) :].partition("/")
+            target = max(target, head + slash)
+        keys = [entry[0] for entry in entries]
+        for sort_key, name, is_folder in entries[bisect.bisect_left(keys, target) :]:
+            key = key_prefix + sort_key
+            if is_folder:
+                inside = after if after is not None and after.startswith(key) else None
+                yield from self._walk(f"{folder}/{name}", key, inside, "")
+            elif after is None or key > after:
+                yield key
+
+    def _keys(self, prefix: str, after: str | None) -> Iterator[str]:
+        directory, _, start = prefix.rpartition("/")
+        base = self._path(directory) if directory else str(self.root)
+        key_prefix = f"{directory}/" if directory else ""
+        try:
+            for key in self._walk(base, key_prefix, after, start):
+                if not key.startswith(prefix):
+                    return  # past the prefix: keys come in order
+                yield key
+        except NotADirectoryError:
+            return
+        except OSError as error:
+            raise BackendUnavailable(f"data directory is not readable ({error.strerror})") from None
+
+    def list(self, prefix: str) -> list[str]:
+        return list(self._keys(prefix, None))
+
+    def page(self, prefix: str, limit: int, marker: str | None = None) -> Page:
+        """The marker is the last key of the previous page."""
+        if marker is not None and not marker.startswith(prefix):
+            raise ValueError("marker from another listing")
+        keys = list(itertools.islice(self._keys(prefix, marker), limit + 1))
+        return Page(keys[:limit], keys[limit - 1] if len(keys) > limit else None)
 
 
 SYNC_SETTING = "DataSync"
