@@ -115,12 +115,6 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
         "a request that waited for the lock while another refreshed lists once more: the same snapshot, one "
         "extra listing under contention"
     ),
-    (S + "lifecycle/revocation.py", "if condition -> True", "if current.keys() != self.entries.keys():"): (
-        "rebuilds a snapshot identical to the one it replaces"
-    ),
-    (S + "lifecycle/revocation.py", "if condition -> False", "if None in entries:"): (
-        "the compacted copy is only a shortcut: an entry it cannot give is read on its own, as the listing decides"
-    ),
     (S + "lifecycle/revocation.py", "if condition -> False", "if not revocations.has_ca_entries:"): (
         "loads the signer to compare issuers where no serial or registration entry could match anyway"
     ),

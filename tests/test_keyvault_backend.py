@@ -37,7 +37,7 @@ def kv_env(app_env: dict[str, str], vault: VaultHarness, monkeypatch: pytest.Mon
 
 
 def _audit_records(app_env: dict[str, str]) -> list[Path]:
-    return sorted(p for p in Path(app_env["DataDirectory"]).rglob("*.json"))
+    return sorted(p for p in (Path(app_env["DataDirectory"]) / "certificates").rglob("*.json"))
 
 
 @pytest.mark.parametrize(

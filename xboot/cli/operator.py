@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 from typing import Any
 
@@ -100,14 +101,31 @@ def _certificate_state(item: dict[str, Any]) -> str:
     return "expired" if item.get("expired") else "valid"
 
 
+def _days(text: str) -> int:
+    """`30d`, `30` (days), `2w` (weeks)."""
+    found = re.fullmatch(r"([0-9]{1,5})([dw]?)", text.strip().lower())
+    if found is None:
+        raise UsageError(f"not a number of days (e.g. 30d, 2w): {text!r}")
+    return int(found[1]) * (7 if found[2] == "w" else 1)
+
+
 def cmd_certificates(args: argparse.Namespace, out: Output) -> int:
-    document = make_client(args, out).certificates(args.registration_id)
-    items = sorted(document["certificates"], key=lambda c: str(c.get("issuedAt")), reverse=True)
-    lines = [f"no certificates recorded for {args.registration_id}"]
+    client = make_client(args, out)
+    fleet = not args.registration_id
+    if fleet and args.expiring_within is None and args.status is None:
+        raise UsageError("give --registration-id, or --expiring-within / --status for the whole fleet")
+    days = None if args.expiring_within is None else _days(args.expiring_within)
+    document = client.certificates(args.registration_id, expiring_within_days=days, status=args.status)
+    items = document["certificates"]
+    if not fleet:
+        items = sorted(items, key=lambda c: str(c.get("issuedAt")), reverse=True)
+    lines = [f"no certificates recorded for {args.registration_id}" if not fleet else "no certificates match"]
     if items:
-        lines = [f"{'serial':<34} {'not after':<21} {'state':<28} SHA-256 fingerprint"]
+        device = f"{'registration ID':<34} " if fleet else ""
+        lines = [f"{device}{'serial':<34} {'not after':<21} {'state':<28} SHA-256 fingerprint"]
         lines += [
-            f"{c.get('serialNumber')!s:<34} {str(c.get('notAfter'))[:19]:<21} {_certificate_state(c):<28} "
+            (f"{c.get('registrationId')!s:<34} " if fleet else "")
+            + f"{c.get('serialNumber')!s:<34} {str(c.get('notAfter'))[:19]:<21} {_certificate_state(c):<28} "
             f"{c.get('sha256Fingerprint')}"
             for c in items
         ]
@@ -115,6 +133,17 @@ def cmd_certificates(args: argparse.Namespace, out: Output) -> int:
     if held:
         lines.append(f"registration {args.registration_id} is revoked ({held.get('reason')}): it cannot enroll")
     out.result({**document, "certificates": items}, "\n".join(lines))
+    return EXIT_OK
+
+
+def cmd_reports(args: argparse.Namespace, out: Output) -> int:
+    if bool(args.gateway_id) == bool(args.since):
+        raise UsageError("give --gateway-id (one gateway's reports) or --since (every gateway's)")
+    document = make_client(args, out).reports(args.kind, gateway_id=args.gateway_id, since=args.since, until=args.until)
+    items = document["reports"]
+    lines = [f"{'received':<25} {'gateway':<34} id"] if items else ["no reports match"]
+    lines += [f"{r.get('receivedAt')!s:<25} {r.get('gatewayId')!s:<34} {r.get('id')}" for r in items]
+    out.result(document, "\n".join(lines))
     return EXIT_OK
 
 
@@ -186,8 +215,23 @@ def add_commands(commands: Any, network: argparse.ArgumentParser, as_json: argpa
     certificates = commands.add_parser(
         "certificates", parents=[network, admin, as_json], help="what a device was issued, and what is revoked"
     )
-    certificates.add_argument("--registration-id", required=True, help="the device's registration ID")
+    certificates.add_argument("--registration-id", help="the device's registration ID")
+    certificates.add_argument(
+        "--expiring-within", metavar="DAYS", help="the fleet's certificates valid now that expire within, e.g. 30d"
+    )
+    certificates.add_argument(
+        "--status", choices=("valid", "expired", "revoked"), help="only certificates in this state"
+    )
     certificates.set_defaults(handler=client_command(cmd_certificates))
+
+    reports = commands.add_parser(
+        "reports", parents=[network, admin, as_json], help="stored reports: one gateway's, or the fleet's by time"
+    )
+    reports.add_argument("--kind", choices=("system", "update"), default="system", help="which reports (system)")
+    reports.add_argument("--gateway-id", help="one gateway's reports, newest first")
+    reports.add_argument("--since", help="every gateway's reports received since (ISO 8601, e.g. 2026-12-01)")
+    reports.add_argument("--until", help="... and before (default: now)")
+    reports.set_defaults(handler=client_command(cmd_reports))
 
     crl = commands.add_parser("crl", parents=[network, as_json], help="download the CRL (no key needed)")
     crl.add_argument("--out", help="write it to this file (DER unless --pem)")

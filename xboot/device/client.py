@@ -7,6 +7,7 @@ prints or exits, and errors are `ClientError`s whose messages are safe to show.
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import json
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -113,10 +114,32 @@ class XbootClient(Transport):
         path = f"/api/mgmt/v1/revocations/{quote(revocation_id, safe='')}"
         return self._object(self.request("DELETE", path, admin=True), f"DELETE {path}")
 
-    def certificates(self, registration_id: str) -> dict[str, Any]:
-        """What was issued to a device, each with its revocation state, following the pages."""
-        first, items = self._pages("/api/mgmt/v1/certificates", {"registrationId": registration_id}, "certificates")
+    def certificates(
+        self, registration_id: str | None = None, *, expiring_within_days: int | None = None, status: str | None = None
+    ) -> dict[str, Any]:
+        """What was issued to a device, or (without one) to the whole fleet by notAfter, optionally only
+        those valid now that expire within that many days, or in one `status` (valid, expired, revoked);
+        each with its revocation state, following the pages."""
+        query = {"registrationId": registration_id} if registration_id else {}
+        if expiring_within_days is not None:
+            query["expiringWithinDays"] = str(expiring_within_days)
+        if status:
+            query["status"] = status
+        first, items = self._pages("/api/mgmt/v1/certificates", query, "certificates")
         return {**first, "certificates": items}
+
+    def reports(
+        self, kind: str, *, gateway_id: str | None = None, since: str | None = None, until: str | None = None
+    ) -> dict[str, Any]:
+        """One gateway's reports newest first, or every gateway's received in [since, until) oldest first
+        (`until` defaults to now, fixed for every page); following the pages."""
+        if gateway_id:
+            query = {"gatewayId": gateway_id}
+        else:
+            now = dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+            query = {"since": since or "", "until": until or now}
+        first, items = self._pages(f"/api/install/v1/{kind}-reports", query, "reports")
+        return {**first, "reports": items}
 
     def crl(self) -> x509.CertificateRevocationList:
         path = "/api/crl"

@@ -93,6 +93,8 @@ def get_reports(kind: Kind, query: Mapping[str, str], settings: Settings) -> Api
         scope: dict[str, Any] = {"gatewayId": gateway_id}
     else:
         assert since is not None
+        if token is not None and until is None:
+            raise BadRequest("with continuationToken, send the since and until of the first page", code="invalid_query")
         until = until or dt.datetime.now(dt.UTC)
         if until <= since:
             raise BadRequest("until must be later than since", code="invalid_query")
