@@ -1,7 +1,7 @@
-"""`python -m bench [--quick] [--json PATH] [--only PARTS]`: run the benchmarks, print a table, write JSON.
+"""`python -m bench [PART ...] [--quick] [--json PATH] [--only PARTS]`: run the benchmarks, print a table, write JSON.
 
 Parts: issuance (1, 2), reports (3), http (4), coldstart (5), backends (6), authorization (7),
-upstream (8), durability (9). See bench/README.md.
+upstream (8), durability (9); scale (10) only when named (`python -m bench scale`). See bench/README.md.
 """
 
 from __future__ import annotations
@@ -28,7 +28,9 @@ PARTS = {
     "authorization": ("7. Enrollment authorization: extra cost per enrollment, by method", "bench.authorization"),
     "upstream": ("8. Upstream CAs: one enrollment through each Issuer vs signing locally", "bench.upstream"),
     "durability": ("9. Durable File-store writes on disk: DataSync file vs group", "bench.durability"),
+    "scale": ("10. Fleet scale: per-request costs at N = 1k, 10k, 100k stored items, File and Blob", "bench.scale"),
 }
+DEFAULT_PARTS = [p for p in PARTS if p != "scale"]  # scale seeds 100k items per store: run it on its own
 
 
 def _verdict(ok: bool) -> str:
@@ -80,13 +82,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--json", type=Path, default=DEFAULT_JSON, help="where to write results (default bench/results/latest.json)"
     )
-    parser.add_argument("--only", default=",".join(PARTS), help="comma-separated parts (default: all)")
+    parser.add_argument("parts", nargs="*", help="parts to run, e.g. `scale` (the same as --only)")
+    parser.add_argument("--only", default=None, help="comma-separated parts (default: all but scale)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    selected = [p.strip() for p in args.only.split(",") if p.strip()]
+    chosen = ",".join(args.parts) or args.only or ",".join(DEFAULT_PARTS)
+    selected = [p.strip() for p in chosen.split(",") if p.strip()]
     unknown = [p for p in selected if p not in PARTS]
     if unknown:
         print(f"unknown part(s): {', '.join(unknown)}; choose from {', '.join(PARTS)}", file=sys.stderr)

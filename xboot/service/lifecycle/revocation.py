@@ -247,13 +247,19 @@ class RevocationList:
         return cls(()).adding(entries)
 
     def adding(self, entries: Iterable[Revocation]) -> RevocationList:
-        """A new snapshot with `entries` added: the indexes are copied (C speed) and only the new entries
-        indexed, so a refresh that brings a few changes costs those, not a rebuild of the whole list."""
+        """A new snapshot with `entries` added, indexing only them, so a refresh costs what changed.
+
+        The new snapshot takes over this one's index dicts and grows them in place (a lookup racing the
+        refresh sees an entry a moment early, never a wrong one: entries are only ever added here; a
+        removal rebuilds with `of`). This one must not be grown again: callers replace it with the result.
+        """
         new = sorted(entries, key=lambda e: e.id)
         if not new:
             return self
-        by_fingerprint, by_serial = dict(self.by_fingerprint), dict(self.by_serial)
-        by_registration, by_key, by_target = dict(self.by_registration), dict(self.by_key), dict(self.by_target)
+        by_fingerprint, by_serial, by_registration = self.by_fingerprint, self.by_serial, self.by_registration
+        by_key, by_target = self.by_key, self.by_target
+        assert isinstance(by_fingerprint, dict) and isinstance(by_serial, dict) and isinstance(by_registration, dict)
+        assert isinstance(by_key, dict) and isinstance(by_target, dict)
         index = {"serial": by_serial, "fingerprint": by_fingerprint, "registrationId": by_registration}
         for entry in new:
             _keep_earliest(index[entry.kind], entry.value, entry)
