@@ -32,7 +32,7 @@ CA_CONTAINER = "xboot-ca"
 VAULT_CERTIFICATE = "xboot-issuing"
 
 
-def azurite_or_reason(location: Path) -> tuple[Any, str]:
+def azurite_or_reason(location: Path, in_memory: bool = False) -> tuple[Any, str]:
     """A started Azurite from the tests' fixture module, or why there is none."""
     try:
         import pytest
@@ -42,7 +42,7 @@ def azurite_or_reason(location: Path) -> tuple[Any, str]:
         return None, f"tests/fixtures/azurite.py not importable ({error})"
     try:
         location.mkdir(parents=True, exist_ok=True)
-        azurite = Azurite(azurite_executable(), location)
+        azurite = Azurite(azurite_executable(), location, in_memory=in_memory)
         azurite.start()
     except pytest.fail.Exception as error:
         return None, f"Azurite unavailable: {error} (set XBOOT_AZURITE)"

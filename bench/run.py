@@ -115,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
             result = module.run(work, args.quick)
             document["parts"][name] = {"seconds": round(time.monotonic() - part_began, 1), "result": result}
             lines += ["", f"== {title} ==", *module.table(result)]
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(document, indent=1) + "\n")  # kept should a later part fail
     document["loadavg_end"] = loadavg()
     document["seconds"] = round(time.monotonic() - began, 1)
     m = document["machine"]

@@ -7,6 +7,10 @@ revocations (the compacted snapshot the service would have written, plus its cha
 there, so 100k would take half an hour; `XBOOT_BENCH_BLOB_MAX=100000` runs it). Seeding writes the stores'
 own formats through the store interface without a flush per object (File) or with 32 threads (Blob).
 
+Azurite runs with `--inMemoryPersistence` (on disk it slows down as it grows: a 10k run took 24 minutes to
+seed). The first row is a floor measured in the same run: one bare store call (a small listing) at that
+size, so that the emulator's own growth can be told from the service's.
+
 Then, through the registered functions in process: enroll, report upload, the first and the next page of
 a gateway's reports, a full listing of that gateway per report, revoke by serial, the fleet's certificates
 expiring within 30 days (first page), a revocation-list refresh after one change, a cold load (and its
@@ -39,6 +43,7 @@ QUICK_SIZES = (1_000, 10_000)
 SAMPLES = 15
 BIG_GATEWAY = "gw-big"
 FIGURES = (
+    ("store_read", "floor: one bare store call, a small listing (µs)"),
     ("enroll", "enroll (µs)"),
     ("report_upload", "report upload (µs)"),
     ("first_page", "first report page (µs)"),
@@ -89,7 +94,7 @@ def _seed(store: Any, n: int, certificate_pem: str, ca_fingerprint: str, threads
     """N records of each kind in the stores' formats; the seeded serials."""
     from xboot.service.lifecycle import revocation
     from xboot.service.lifecycle.audit import audit_key, expiry_key, serial_prefix
-    from xboot.service.reports.store import _index_keys, record_key
+    from xboot.service.reports.store import index_keys, record_key
 
     now = dt.datetime.now(dt.UTC)
     writes: list[tuple[str, bytes]] = []
@@ -114,7 +119,7 @@ def _seed(store: Any, n: int, certificate_pem: str, ca_fingerprint: str, threads
         report = {"id": hashlib.sha256(f"r{i}".encode()).hexdigest()[:32], "kind": "system", "gatewayId": gateway,
                   "receivedAt": received.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
                   "verification": {}, "report": {"gatewayId": gateway}, "signedMessage": ""}  # fmt: skip
-        writes += [(k, b"") for k in _index_keys(report)] + [
+        writes += [(k, b"") for k in index_keys(report)] + [
             (record_key("system", report["id"]), json.dumps(report).encode())
         ]
     entries = [
@@ -143,11 +148,15 @@ def _measure(table: Any, n: int, serials: list[str], csrs: list[Any], bodies: It
     from xboot.service.ca import crl
     from xboot.service.ca.signer import load_signer
     from xboot.service.lifecycle import revocation
+    from xboot.service.lifecycle.audit import serial_prefix
     from xboot.service.settings import Settings
     from xboot.service.storage import open_data_store
 
     figures: dict[str, float] = {}
     pool = iter(csrs)
+    store = open_data_store(Settings.from_environ())
+    known = iter(f"{serial_prefix(s)}" for s in serials)
+    figures["store_read"] = _timed(lambda: store.list(next(known)))  # the emulator's own cost at this size
 
     def enroll() -> None:
         csr = next(pool)
@@ -185,7 +194,6 @@ def _measure(table: Any, n: int, serials: list[str], csrs: list[Any], bodies: It
     expiring = {"expiringWithinDays": "30", "limit": "100"}
     figures["expiring_page"] = _timed(lambda: _call(table, "GET", "/api/mgmt/v1/certificates", params=expiring))
     settings = Settings.from_environ()
-    store = open_data_store(settings)
 
     def refresh() -> None:
         _call(table, "POST", revocations, json.dumps({"serialNumber": next(victims)}).encode())  # one change
@@ -240,9 +248,10 @@ def run(work: Path, quick: bool) -> dict[str, Any]:
     certificate_pem = ca.certificate.read_text()
     result: dict[str, Any] = {"sizes": list(sizes), "stores": {}}
     table = _routes()
-    azurite, reason = azurite_or_reason(work / "azurite")
+    azurite, reason = azurite_or_reason(work / "azurite", in_memory=True)
+    stores = os.environ.get("XBOOT_BENCH_SCALE_STORES", "File,Blob").split(",")
     try:
-        for kind in ("File", "Blob"):
+        for kind in [k for k in ("File", "Blob") if k in stores]:
             rows: dict[str, dict[str, float]] = {}
             for number, n in enumerate(sizes):
                 if kind == "Blob" and (azurite is None or n > blob_max):

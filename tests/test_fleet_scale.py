@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import shutil
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -34,6 +35,7 @@ WRITERS = 200
 CERTIFICATES = "/api/mgmt/v1/certificates"
 SYSTEM = "/api/install/v1/system-reports"
 NOW = dt.datetime(2026, 12, 2, 8, 30, tzinfo=dt.UTC)
+DAY = dt.timedelta(days=1)
 
 
 @pytest.fixture(params=["file", "blob"])
@@ -86,6 +88,14 @@ def test_200_concurrent_writers_each_key_listed_exactly_once_while_pages_are_rea
     assert len(listed) == len(set(listed)) and listed == sorted(listed)
     assert set(early) <= set(listed) <= set(early) | set(late)
     assert _every_page(store, "fleet/", 13) == sorted(early + late)
+
+
+def test_a_key_added_to_a_folder_just_listed_is_listed(tmp_path):
+    """A folder's mtime may not move between two changes in one timestamp tick: no cached listing hides one."""
+    store = FileStore(tmp_path)
+    for n in range(20):
+        store.create(f"busy/{n:02d}", b"")
+        assert store.page("busy/", 100).keys == [f"busy/{k:02d}" for k in range(n + 1)]
 
 
 def test_a_file_page_opens_only_the_folders_it_lists(tmp_path, monkeypatch):
@@ -277,3 +287,45 @@ def test_the_serial_marker_and_the_expiry_marker_name_the_record(app_env, functi
     assert expiry_markers[0].relative_to(data / "certificate-expiry").parts[:2] == (f"{stamp:%Y%m%d}", f"{stamp:%H}")
     record = json.loads((data / "certificates" / "dev.marker-01" / f"{serial}.json").read_text())
     assert record["serialNumber"] == serial
+
+
+# -- upgrading: records stored before the markers ---------------------------------------------------------------
+
+
+def test_reindex_gives_old_records_their_markers_and_old_report_markers_still_list(app_env, functions, tmp_path):
+    from xboot.service.lifecycle.reindex import reindex
+
+    key = new_key(tmp_path)
+    serials = [enroll_with(functions, key, f"dev-old-{n}").json()["serialNumber"] for n in range(3)]
+    data = Path(app_env["DataDirectory"])
+    store = open_data_store(Settings.from_environ())
+    certificate = make_certificate("gw-old", ec.generate_private_key(ec.SECP256R1()))
+    document = {"gatewayId": "gw-old"}
+    stored = [
+        reports.store_report(store, "system", document, _verification(certificate, 5000 + n), b"m", NOW - n * DAY)
+        for n in range(3)
+    ]
+    # What an older version left: no certificate markers, no by-time markers, flat gateway markers.
+    for folder in ("certificate-serials", "certificate-expiry", "report-time", "report-index"):
+        shutil.rmtree(data / folder)
+    for item in stored:
+        store.create(reports.legacy_key(item.record), b"")
+    assert _all(functions, f"{CERTIFICATES}?status=valid")[0] == []
+    listed = reports.list_reports(store, "system", "gw-old", 10, None).records
+    assert [r["id"] for r in listed] == [s.record["id"] for s in stored]  # legacy markers list, newest first
+    done = reindex(store, NOW)
+    assert (done.certificates, done.reports, done.skipped) == (3, 3, 0)
+    assert {c["serialNumber"] for c in _all(functions, f"{CERTIFICATES}?status=valid")[0]} == set(serials)
+    entry = revoke(functions, serialNumber=serials[1], reason="keyCompromise").json()
+    assert entry["registrationId"] == "dev-old-1"
+    fleet, token = [], None
+    while True:
+        page = reports.list_fleet_reports(store, "system", NOW - 5 * DAY, NOW + DAY, 10, token)
+        fleet += page.records
+        token = page.continuation_token
+        if token is None:
+            break
+    assert sorted(r["id"] for r in fleet) == sorted(s.record["id"] for s in stored)
+    newest_first = reports.list_reports(store, "system", "gw-old", 10, None).records  # new and legacy markers: once
+    assert [r["id"] for r in newest_first] == [s.record["id"] for s in stored]
+    assert reindex(store, NOW) == done  # idempotent

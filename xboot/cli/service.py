@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import errno
 import hashlib
 import itertools
@@ -170,6 +171,26 @@ def _default_workers() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
+def cmd_reindex(args: argparse.Namespace) -> int:
+    """Markers for audit records and reports stored by versions before the fleet indexes (once, after upgrading)."""
+    try:
+        from xboot.errors import XbootError
+        from xboot.service.lifecycle.reindex import reindex
+        from xboot.service.settings import Settings
+        from xboot.service.storage import open_data_store
+    except ImportError as error:
+        print(f"error: {SERVICE_EXTRAS} ({error.name} is missing)", file=sys.stderr)
+        return 1
+    load_local_settings(Path(args.app_dir).resolve())
+    try:
+        done = reindex(open_data_store(Settings.from_environ()), dt.datetime.now(dt.UTC))
+    except XbootError as error:
+        print(f"error: {error.message}", file=sys.stderr)
+        return 1
+    print(f"reindexed {done.certificates} certificates and {done.reports} reports ({done.skipped} unreadable, skipped)")
+    return 0
+
+
 def cmd_init_ca(args: argparse.Namespace) -> int:
     from xboot.service.ca.devca import create_development_ca
 
@@ -316,6 +337,14 @@ def add_commands(
         "--admin-key", help=f"require this key on ADMIN routes, also valid on FUNCTION routes (env {SERVE_ADMIN_KEY})"
     )
     serve.set_defaults(handler=cmd_serve)
+
+    reindex = commands.add_parser(
+        "reindex", help="after upgrading: index audit records and reports stored before the fleet-wide listings"
+    )
+    reindex.add_argument(
+        "--app-dir", default=".", help="folder holding local.settings.json (the data store's settings)"
+    )
+    reindex.set_defaults(handler=cmd_reindex)
 
     init_ca = commands.add_parser("init-ca", help="create a development root and issuing CA")
     init_ca.add_argument("directory", help="folder to write ca.cer, ca.key, ia.cer, ia.key into")

@@ -55,6 +55,12 @@ def parse_marker(key: str) -> tuple[str, str] | None:
     return (serial, registration_id) if dot and serial and registration_id else None
 
 
+def write_markers(store: ObjectStore, serial_number: str, registration_id: str, not_after: dt.datetime) -> None:
+    """A record's serial and expiry markers, left for the record's own (flushed) write to make durable."""
+    store.create(f"{serial_prefix(serial_number)}{registration_id.lower()}", b"", flush=False)
+    store.create(expiry_key(not_after, serial_number, registration_id), b"", flush=False)
+
+
 def record_issuance(store: ObjectStore, issued: IssuedCertificate, issued_at: dt.datetime, authorization: str) -> None:
     record = {
         "registrationId": issued.registration_id,
@@ -71,9 +77,7 @@ def record_issuance(store: ObjectStore, issued: IssuedCertificate, issued_at: dt
         "certificate": issued.pem,
     }
     data = json.dumps(record).encode("utf-8")  # no indent: it forces json's pure-Python encoder
-    serial, registration_id = issued.serial_number, issued.registration_id
-    store.create(f"{serial_prefix(serial)}{registration_id.lower()}", b"", flush=False)  # durable with the record
-    store.create(expiry_key(issued.not_after, serial, registration_id), b"", flush=False)
+    write_markers(store, issued.serial_number, issued.registration_id, issued.not_after)  # durable with the record
     if not store.create(audit_key(issued.registration_id, issued.serial_number), data):
         # 128 random bits colliding means something is badly wrong: issue nothing.
         raise BackendUnavailable("audit record collision; retry")

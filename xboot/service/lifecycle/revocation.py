@@ -235,7 +235,7 @@ def in_effect(entry: Revocation | None, now: dt.datetime | None = None) -> Revoc
 class RevocationList:
     """An immutable snapshot of every entry, indexed for the per-request checks. Oldest entry wins a tie."""
 
-    entries: tuple[Revocation, ...]  # by id, so oldest first
+    by_id: Mapping[str, Revocation] = field(default_factory=dict)
     by_fingerprint: Mapping[str, Revocation] = field(default_factory=dict)
     by_serial: Mapping[str, Revocation] = field(default_factory=dict)
     by_registration: Mapping[str, Revocation] = field(default_factory=dict)
@@ -244,7 +244,7 @@ class RevocationList:
 
     @classmethod
     def of(cls, entries: Iterable[Revocation]) -> RevocationList:
-        return cls(()).adding(entries)
+        return cls().adding(entries)
 
     def adding(self, entries: Iterable[Revocation]) -> RevocationList:
         """A new snapshot with `entries` added, indexing only them, so a refresh costs what changed.
@@ -256,12 +256,13 @@ class RevocationList:
         new = sorted(entries, key=lambda e: e.id)
         if not new:
             return self
-        by_fingerprint, by_serial, by_registration = self.by_fingerprint, self.by_serial, self.by_registration
-        by_key, by_target = self.by_key, self.by_target
-        assert isinstance(by_fingerprint, dict) and isinstance(by_serial, dict) and isinstance(by_registration, dict)
-        assert isinstance(by_key, dict) and isinstance(by_target, dict)
+        by_id, by_fingerprint, by_serial = self.by_id, self.by_fingerprint, self.by_serial
+        by_registration, by_key, by_target = self.by_registration, self.by_key, self.by_target
+        assert isinstance(by_id, dict) and isinstance(by_fingerprint, dict) and isinstance(by_serial, dict)
+        assert isinstance(by_registration, dict) and isinstance(by_key, dict) and isinstance(by_target, dict)
         index = {"serial": by_serial, "fingerprint": by_fingerprint, "registrationId": by_registration}
         for entry in new:
+            by_id[entry.id] = entry
             _keep_earliest(index[entry.kind], entry.value, entry)
             _keep_earliest(by_target, (entry.kind, entry.value), entry)
             for serial in entry.serial_numbers:
@@ -269,10 +270,13 @@ class RevocationList:
             if entry.blocks_keys:
                 for key in entry.public_keys:
                     _keep_earliest(by_key, key, entry)
-        ordered = (*self.entries, *new)
-        if self.entries and new[0].id < self.entries[-1].id:  # a late writer's entry: keep the id order
-            ordered = tuple(sorted(ordered, key=lambda e: e.id))
-        return RevocationList(ordered, by_fingerprint, by_serial, by_registration, by_key, by_target)
+        return RevocationList(by_id, by_fingerprint, by_serial, by_registration, by_key, by_target)
+
+    @cached_property
+    def entries(self) -> tuple[Revocation, ...]:
+        """Every entry by id, so oldest first: built when first asked for (CRL, listing), not per refresh.
+        (The copy of the values runs in C under the GIL, so a refresh growing `by_id` cannot interleave.)"""
+        return tuple(sorted(self.by_id.values(), key=lambda e: e.id))
 
     @cached_property
     def ids(self) -> tuple[str, ...]:
@@ -303,7 +307,7 @@ class RevocationList:
         self, certificate: x509.Certificate, ca_subject: x509.Name | None, fingerprint: str | None = None
     ) -> Revocation | None:
         """By fingerprint (any certificate); by serial and by CN = registration ID (certificates of our CA)."""
-        if not self.entries:
+        if not self.by_id:
             return None
         now = dt.datetime.now(dt.UTC)
         hit = in_effect(self.by_fingerprint.get(fingerprint or sha256_fingerprint(certificate)), now)
@@ -557,7 +561,7 @@ def revoked(certificate: x509.Certificate, settings: Settings) -> Revocation | N
 def check_path(certificates: Iterable[x509.Certificate], fingerprints: Iterable[str], settings: Settings) -> None:
     """422 `revoked` naming the first revoked certificate of a verified path (signer first)."""
     revocations = load_revocations(settings)
-    if not revocations.entries:
+    if not revocations.by_id:
         return
     ca_subject = _ca_subject(settings, revocations)
     for certificate, fingerprint in zip(certificates, fingerprints, strict=True):

@@ -87,7 +87,7 @@ def _received(record: dict[str, Any]) -> dt.datetime:
     return dt.datetime.fromisoformat(record["receivedAt"])
 
 
-def _index_keys(record: dict[str, Any]) -> tuple[str, str]:
+def index_keys(record: dict[str, Any]) -> tuple[str, str]:
     """The record's two markers: its gateway's newest-first listing, and the fleet's by time."""
     received = _received(record)
     milliseconds = (received - _EPOCH) // dt.timedelta(milliseconds=1)
@@ -122,7 +122,7 @@ def store_report(
         "report": document,
         "signedMessage": base64.b64encode(message).decode("ascii"),
     }
-    entries = [check_key(k) for k in _index_keys(record)]
+    entries = [check_key(k) for k in index_keys(record)]
     for entry in entries:
         store.create(entry, b"", flush=False)  # durable with the record's flush, just below
     created = store.create(key, json.dumps(record, indent=1).encode("utf-8"))
@@ -131,7 +131,7 @@ def store_report(
         if existing is None:  # created and deleted in between: nothing deletes records, so storage is misbehaving
             raise BackendUnavailable("report storage is inconsistent; retry")
         record = existing
-        originals = _index_keys(record)
+        originals = index_keys(record)
         for original, entry in zip(originals, entries, strict=True):
             if original != entry:
                 store.create(original, b"")  # the first upload's marker, should its writer have died before it
@@ -149,13 +149,22 @@ class ReportPage:
     continuation_token: str | None
 
 
+def legacy_key(record: dict[str, Any]) -> str:
+    """The gateway marker of versions before the day folders (`<gateway>/<inverted ms>-<id>`). Those were all
+    made before 2027, so their inverted milliseconds begin with 8, and they sort after every day folder
+    (inverted days begin with 7 until 2052, lower after): where older reports belong in a newest-first
+    listing. So they are listed as they are, with no migration."""
+    milliseconds = (_received(record) - _EPOCH) // dt.timedelta(milliseconds=1)
+    return f"{_index_prefix(record['kind'], record['gatewayId'])}{_INVERT_MS - milliseconds:013d}-{record['id']}"
+
+
 def _listed(store: ObjectStore, kind: Kind, keys: list[str], position: int) -> list[dict[str, Any]]:
     """The records the markers name. A marker whose record is missing (its writer died first) or is filed
     under another time (a repeat's marker, left by a writer that died before deleting it) is skipped."""
     records = []
     for key in keys:
         record = read_report(store, kind, key.rpartition("-")[2])
-        if record is not None and _index_keys(record)[position] == key:
+        if record is not None and key in (index_keys(record)[position], position == 0 and legacy_key(record)):
             records.append(record)
     return records
 

@@ -29,6 +29,7 @@ from xboot.service.storage import Page, check_key
 DEFAULT_DIRECTORY = ".xboot-data"
 TEMPORARY_PREFIX = ".tmp-"
 SORTED_FOLDERS = 256  # folders whose sorted listing is kept (each until it changes)
+RECENT_NS = 2_000_000_000  # a folder changed this recently is not cached: its mtime may not show a change yet
 ABANDONED_SECONDS = 600  # a temporary file lives microseconds; one this old was left by a killed writer
 
 
@@ -112,7 +113,7 @@ class FileStore:
         self.root = root
         self._prefix = f"{root}/"
         self._group: GroupCommit | None = None
-        self._sorted: dict[str, tuple[int, list[tuple[str, str, bool]]]] = {}
+        self._sorted: dict[str, tuple[tuple[int, int], list[tuple[str, str, bool]]]] = {}
         self._sorted_lock = threading.Lock()
         if sync == "group" and SYNCFS is not None:
             self._group = GroupCommit(self._syncfs)
@@ -218,13 +219,17 @@ class FileStore:
     def _entries(self, folder: str) -> list[tuple[str, str, bool]]:
         """(sort key, file name, is a folder) of one folder in key order, a folder sorting as `name/`.
 
-        Cached until the folder changes (its mtime): paging through a folder that holds many keys sorts
-        it once, not once per page. Abandoned temporary files are removed as listings pass them.
+        Cached until the folder changes, so paging through a folder that holds many keys sorts it once, not
+        once per page. A folder's mtime moves in timestamp ticks (milliseconds), so two changes within one
+        tick look like one: a folder changed in the last RECENT_NS is read afresh every time and cached only
+        once it has been quiet that long (the current hour's folder of a log, say, never is; past days are).
+        Abandoned temporary files are removed as listings pass them.
         """
         try:
-            version = os.stat(folder).st_mtime_ns
+            status = os.stat(folder)
         except FileNotFoundError:
             return []
+        version = (status.st_ino, status.st_mtime_ns)
         cached = self._sorted.get(folder)
         if cached is not None and cached[0] == version:
             return cached[1]
@@ -238,6 +243,8 @@ class FileStore:
                 name = unquote(item.name)
                 entries.append((f"{name}/" if is_folder else name, item.name, is_folder))
         entries.sort()
+        if time.time_ns() - status.st_mtime_ns < RECENT_NS:
+            return entries
         with self._sorted_lock:
             if len(self._sorted) >= SORTED_FOLDERS:
                 self._sorted.clear()
