@@ -87,14 +87,17 @@ def _received(record: dict[str, Any]) -> dt.datetime:
     return dt.datetime.fromisoformat(record["receivedAt"])
 
 
+def _inverted_ms(record: dict[str, Any]) -> int:
+    """Received time as inverted epoch milliseconds: ascending names list newest first."""
+    return _INVERT_MS - (_received(record) - _EPOCH) // dt.timedelta(milliseconds=1)
+
+
 def index_keys(record: dict[str, Any]) -> tuple[str, str]:
     """The record's two markers: its gateway's newest-first listing, and the fleet's by time."""
-    received = _received(record)
-    milliseconds = (received - _EPOCH) // dt.timedelta(milliseconds=1)
-    inverted = _INVERT_MS - milliseconds
+    inverted = _inverted_ms(record)
     gateway = _index_prefix(record["kind"], record["gatewayId"])
     by_gateway = f"{gateway}{inverted // DAY_MS:05d}/{inverted:013d}-{record['id']}"
-    return by_gateway, f"{_time_key(record['kind'], received)}{record['id']}"
+    return by_gateway, f"{_time_key(record['kind'], _received(record))}{record['id']}"
 
 
 @dataclass(frozen=True)
@@ -154,8 +157,7 @@ def legacy_key(record: dict[str, Any]) -> str:
     made before 2027, so their inverted milliseconds begin with 8, and they sort after every day folder
     (inverted days begin with 7 until 2052, lower after): where older reports belong in a newest-first
     listing. So they are listed as they are, with no migration."""
-    milliseconds = (_received(record) - _EPOCH) // dt.timedelta(milliseconds=1)
-    return f"{_index_prefix(record['kind'], record['gatewayId'])}{_INVERT_MS - milliseconds:013d}-{record['id']}"
+    return f"{_index_prefix(record['kind'], record['gatewayId'])}{_inverted_ms(record):013d}-{record['id']}"
 
 
 def _listed(store: ObjectStore, kind: Kind, keys: list[str], position: int) -> list[dict[str, Any]]:
@@ -164,7 +166,12 @@ def _listed(store: ObjectStore, kind: Kind, keys: list[str], position: int) -> l
     records = []
     for key in keys:
         record = read_report(store, kind, key.rpartition("-")[2])
-        if record is not None and key in (index_keys(record)[position], position == 0 and legacy_key(record)):
+        if record is None:
+            continue
+        named = {index_keys(record)[position]}
+        if position == 0:
+            named.add(legacy_key(record))  # a gateway marker an earlier version wrote
+        if key in named:
             records.append(record)
     return records
 

@@ -260,8 +260,8 @@ class FileStore:
         if after is not None:
             head, slash, _ = after[len(key_prefix) :].partition("/")
             target = max(target, head + slash)
-        keys = [entry[0] for entry in entries]
-        for sort_key, name, is_folder in entries[bisect.bisect_left(keys, target) :]:
+        first = bisect.bisect_left(entries, (target,))  # (target,) sorts before any entry whose key is target
+        for sort_key, name, is_folder in itertools.islice(entries, first, None):
             key = key_prefix + sort_key
             if is_folder:
                 inside = after if after is not None and after.startswith(key) else None
