@@ -9,7 +9,10 @@ own formats through the store interface without a flush per object (File) or wit
 
 Azurite runs with `--inMemoryPersistence` (on disk it slows down as it grows: a 10k run took 24 minutes to
 seed). The first row is a floor measured in the same run: one bare store call (a small listing) at that
-size, so that the emulator's own growth can be told from the service's.
+size, so that the emulator's own growth can be told from the service's; the full listing has its own floor
+(a bare read of each report it returned). After each timed figure one more call is counted: the store calls it
+made, the keys its listings returned and, on Blob, the HTTP requests the SDK sent. Those counts are what the
+design fixes (O(1) or O(page) per request); times also carry the store's and the file system's own growth.
 
 Then, through the registered functions in process: enroll, report upload, the first and the next page of
 a gateway's reports, a full listing of that gateway per report, revoke by serial, the fleet's certificates
@@ -19,6 +22,7 @@ reads), and a CRL build with its size. Each figure with its growth factor from t
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -26,6 +30,7 @@ import os
 import secrets
 import statistics
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -33,7 +38,7 @@ from typing import Any
 
 import azure.functions as func
 
-from bench.backends import azurite_or_reason, fresh_azure_caches
+from bench.backends import azurite_or_reason, counted_blob_requests, fresh_azure_caches
 from bench.issuance import app_environment
 from bench.material import make_ca, make_csrs
 from bench.reports import FORM_BOUNDARY, _form, _make_reports
@@ -49,11 +54,12 @@ FIGURES = (
     ("first_page", "first report page (µs)"),
     ("next_page", "next report page (µs)"),
     ("listing_per_item", "full listing, per report (µs)"),
+    ("listing_read_floor", "  floor: bare read of each listed report (µs)"),
     ("revoke_by_serial", "revoke by serial (µs)"),
     ("expiring_page", "certificates expiring in 30 d, page (µs)"),
     ("refresh", "revocation refresh after a change (µs)"),
     ("cold_load", "revocation cold load (µs)"),
-    ("cold_load_reads", "revocation cold load (reads)"),
+    ("cold_load_reads", "revocation cold load (store calls)"),
     ("crl_build", "CRL build (µs)"),
     ("crl_bytes", "CRL size (bytes)"),
 )
@@ -88,6 +94,37 @@ def _timed(operation: Callable[[], object], samples: int = SAMPLES) -> float:
         operation()
         times.append(time.perf_counter_ns() - began)
     return statistics.median(times) / 1000
+
+
+_STORE_CALLS = ("create", "replace", "read", "delete", "list", "page", "folder_version")
+
+
+@contextlib.contextmanager
+def _counting(store: Any) -> Iterator[dict[str, int]]:
+    """Calls into the store's interface and keys its listings return, while the block runs."""
+    counts = {"calls": 0, "keys": 0}
+    kind = type(store)
+    real = {name: getattr(kind, name) for name in _STORE_CALLS}
+
+    def counted(name: str) -> Callable[..., Any]:
+        def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+            counts["calls"] += 1
+            result = real[name](self, *args, **kwargs)
+            if name == "list":
+                counts["keys"] += len(result)
+            elif name == "page":
+                counts["keys"] += len(result.keys)
+            return result
+
+        return call
+
+    for name in _STORE_CALLS:
+        setattr(kind, name, counted(name))
+    try:
+        yield counts
+    finally:
+        for name, method in real.items():
+            setattr(kind, name, method)
 
 
 def _seed(store: Any, n: int, certificate_pem: str, ca_fingerprint: str, threads: int) -> list[str]:
@@ -144,19 +181,34 @@ def _seed(store: Any, n: int, certificate_pem: str, ca_fingerprint: str, threads
     return serials
 
 
-def _measure(table: Any, n: int, serials: list[str], csrs: list[Any], bodies: Iterator[bytes]) -> dict[str, float]:
+def _measure(table: Any, n: int, serials: list[str], csrs: list[Any], bodies: Iterator[bytes],
+             http_calls: Counter[str] | None) -> dict[str, float]:  # fmt: skip
     from xboot.service.ca import crl
     from xboot.service.ca.signer import load_signer
     from xboot.service.lifecycle import revocation
     from xboot.service.lifecycle.audit import serial_prefix
+    from xboot.service.reports.store import record_key
     from xboot.service.settings import Settings
     from xboot.service.storage import open_data_store
 
     figures: dict[str, float] = {}
     pool = iter(csrs)
     store = open_data_store(Settings.from_environ())
+
+    def measure(name: str, operation: Callable[[], object]) -> None:
+        """Its median time, then one more call counted: store calls, keys listed, Blob requests."""
+        figures[name] = _timed(operation)
+        if http_calls is not None:
+            http_calls.clear()
+        with _counting(store) as counts:
+            operation()
+        figures[f"{name}.calls"] = counts["calls"]
+        figures[f"{name}.keys"] = counts["keys"]
+        if http_calls is not None:
+            figures[f"{name}.http"] = sum(http_calls.values())
+
     known = iter(f"{serial_prefix(s)}" for s in serials)
-    figures["store_read"] = _timed(lambda: store.list(next(known)))  # the emulator's own cost at this size
+    measure("store_read", lambda: store.list(next(known)))  # the emulator's own cost at this size
 
     def enroll() -> None:
         csr = next(pool)
@@ -167,32 +219,45 @@ def _measure(table: Any, n: int, serials: list[str], csrs: list[Any], bodies: It
             json.dumps({"RegistrationId": csr.registration_id, "Csr": csr.b64}).encode(),
         )
 
-    figures["enroll"] = _timed(enroll)
+    measure("enroll", enroll)
     form = {"Content-Type": f"multipart/form-data; boundary={FORM_BOUNDARY}"}
-    figures["report_upload"] = _timed(
-        lambda: _call(table, "POST", "/api/install/v1/system-reports", next(bodies), headers=form)
-    )
+    measure("report_upload", lambda: _call(table, "POST", "/api/install/v1/system-reports", next(bodies), headers=form))
     reports = "/api/install/v1/system-reports"
     first = json.loads(_call(table, "GET", reports, params={"gatewayId": BIG_GATEWAY}).get_body())
-    figures["first_page"] = _timed(lambda: _call(table, "GET", reports, params={"gatewayId": BIG_GATEWAY}))
+    measure("first_page", lambda: _call(table, "GET", reports, params={"gatewayId": BIG_GATEWAY}))
     following = {"gatewayId": BIG_GATEWAY, "continuationToken": first["continuationToken"]}
-    figures["next_page"] = _timed(lambda: _call(table, "GET", reports, params=following))
+    measure("next_page", lambda: _call(table, "GET", reports, params=following))
+    ids: list[str] = []
     listed, token, began = 0, None, time.perf_counter_ns()
-    while True:
-        query = {"gatewayId": BIG_GATEWAY, "limit": "100", **({"continuationToken": token} if token else {})}
-        page = json.loads(_call(table, "GET", reports, params=query).get_body())
-        listed += len(page["reports"])
-        token = page["continuationToken"]
-        if token is None:
-            break
+    if http_calls is not None:
+        http_calls.clear()
+    with _counting(store) as counts:
+        while True:
+            query = {"gatewayId": BIG_GATEWAY, "limit": "100", **({"continuationToken": token} if token else {})}
+            page = json.loads(_call(table, "GET", reports, params=query).get_body())
+            listed += len(page["reports"])
+            ids += [r["id"] for r in page["reports"]]
+            token = page["continuationToken"]
+            if token is None:
+                break
     figures["listing_per_item"] = (time.perf_counter_ns() - began) / 1000 / max(1, listed)
+    figures["listing_per_item.calls"] = counts["calls"] / max(1, listed)
+    figures["listing_per_item.keys"] = counts["keys"] / max(1, listed)
+    if http_calls is not None:
+        figures["listing_per_item.http"] = sum(http_calls.values()) / max(1, listed)
+    began = time.perf_counter_ns()
+    for identifier in ids:  # the listing's own floor: a bare read of each record it returned, in its order
+        store.read(record_key("system", identifier))
+    figures["listing_read_floor"] = (time.perf_counter_ns() - began) / 1000 / max(1, len(ids))
     victims = iter(serials[1::7])
     revocations = "/api/mgmt/v1/revocations"
-    figures["revoke_by_serial"] = _timed(
-        lambda: _call(table, "POST", revocations, json.dumps({"serialNumber": next(victims)}).encode())
-    )
+
+    def revoke() -> None:
+        _call(table, "POST", revocations, json.dumps({"serialNumber": next(victims)}).encode())
+
+    measure("revoke_by_serial", revoke)
     expiring = {"expiringWithinDays": "30", "limit": "100"}
-    figures["expiring_page"] = _timed(lambda: _call(table, "GET", "/api/mgmt/v1/certificates", params=expiring))
+    measure("expiring_page", lambda: _call(table, "GET", "/api/mgmt/v1/certificates", params=expiring))
     settings = Settings.from_environ()
 
     def refresh() -> None:
@@ -207,22 +272,21 @@ def _measure(table: Any, n: int, serials: list[str], csrs: list[Any], bodies: It
         revocation.load_revocations(settings)
         samples.append(time.perf_counter_ns() - began)
     figures["refresh"] = statistics.median(samples) / 1000
-    reads: list[str] = []
-    real_read = type(store).read
-
-    def counting(self: Any, key: str) -> bytes | None:
-        reads.append(key)
-        return real_read(self, key)
-
-    type(store).read = counting  # type: ignore[method-assign]
-    try:
+    refresh()
+    revocation._view(store).expires = 0.0
+    if http_calls is not None:
+        http_calls.clear()
+    with _counting(store) as counts:
+        revocation.load_revocations(settings)
+    figures["refresh.calls"], figures["refresh.keys"] = counts["calls"], counts["keys"]
+    if http_calls is not None:
+        figures["refresh.http"] = sum(http_calls.values())
+    with _counting(store) as counts:
         revocation._views.clear()
         began = time.perf_counter_ns()
         listing = revocation.load_revocations(settings)
         figures["cold_load"] = (time.perf_counter_ns() - began) / 1000
-        figures["cold_load_reads"] = len(reads)
-    finally:
-        type(store).read = real_read  # type: ignore[method-assign]
+    figures["cold_load_reads"] = counts["calls"]
     signer = load_signer(settings)
     now = dt.datetime.now(dt.UTC)
     began = time.perf_counter_ns()
@@ -242,8 +306,8 @@ def run(work: Path, quick: bool) -> dict[str, Any]:
     sizes = QUICK_SIZES if quick else SIZES
     blob_max = int(os.environ.get("XBOOT_BENCH_BLOB_MAX", "10000"))
     ca = make_ca(work / "ca", "ec-p256")
-    csrs = make_csrs(work / "csr", "ec-p256", (SAMPLES + 1) * len(sizes) * 2)
-    pki, messages = _make_reports(work / "reports", (SAMPLES + 1) * len(sizes) * 2)
+    csrs = make_csrs(work / "csr", "ec-p256", (SAMPLES + 2) * len(sizes) * 2)
+    pki, messages = _make_reports(work / "reports", (SAMPLES + 2) * len(sizes) * 2)
     bodies = iter([_form(m) for m in messages])
     certificate_pem = ca.certificate.read_text()
     result: dict[str, Any] = {"sizes": list(sizes), "stores": {}}
@@ -263,7 +327,8 @@ def run(work: Path, quick: bool) -> dict[str, Any]:
                 else:
                     settings.update(DataStore="Blob", DataBlobConnectionString=azurite.connection_string,
                                     DataBlobContainer=f"scale{n}")  # fmt: skip
-                with app_environment(settings), fresh_azure_caches():
+                requests = counted_blob_requests() if kind == "Blob" else contextlib.nullcontext(None)
+                with app_environment(settings), requests as http_calls, fresh_azure_caches():
                     from xboot.service.lifecycle import revocation
 
                     revocation._views.clear()
@@ -272,9 +337,9 @@ def run(work: Path, quick: bool) -> dict[str, Any]:
                     began = time.monotonic()
                     serials = _seed(store, n, certificate_pem, fingerprint, 4 if kind == "File" else 32)
                     seeded = time.monotonic() - began
-                    offset = (number * 2 + (kind == "Blob")) * (SAMPLES + 1)
+                    offset = (number * 2 + (kind == "Blob")) * (SAMPLES + 2)
                     rows[str(n)] = {
-                        **_measure(table, n, serials, csrs[offset:], bodies),
+                        **_measure(table, n, serials, csrs[offset:], bodies, http_calls),
                         "seed_seconds": round(seeded, 1),
                     }
                 print(f"  scale {kind} {n}: seeded in {seeded:.0f} s", flush=True)
@@ -304,6 +369,17 @@ def table(result: dict[str, Any]) -> list[str]:
             growth = values[-1] / smallest[name] if smallest[name] else float("nan")
             mark = "" if name not in PER_REQUEST else ("  ok" if growth <= 1.5 else "  > 1.5x")
             lines.append(f"  {label:<44}" + "".join(f"{v:>14,.0f}" for v in values) + f"{growth:>9.2f}x{mark}")
+        lines.append("  store calls / keys listed" + (" / Blob requests" if "enroll.http" in smallest else "")
+                     + " per request, counted on one more call:")  # fmt: skip
+        for name, label in FIGURES:
+            if f"{name}.calls" not in smallest:
+                continue
+            cells, http = [], f"{name}.http" in smallest
+            for n in sizes:
+                row = rows[n]
+                parts = [row[f"{name}.calls"], row[f"{name}.keys"], *([row[f"{name}.http"]] if http else [])]
+                cells.append(" / ".join(f"{v:g}" if v == int(v) else f"{v:.2f}" for v in parts))
+            lines.append(f"    {label.split(' (')[0]:<42}" + "".join(f"{c:>18}" for c in cells))
     if "blob_pending" in result:
         lines.append(f"Blob: {result['blob_pending']}")
     return lines

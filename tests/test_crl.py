@@ -269,3 +269,42 @@ def test_an_unreadable_newest_crl_is_replaced_by_a_higher_number(app_env, functi
     assert revoke(functions, serialNumber="7E57").status == 201
     crl = fetch(functions)
     assert number(crl) == 8 and serials(crl) == {"7E57"}
+
+
+def test_a_rebuilt_crl_carries_each_entry_as_it_is_now(app_env):
+    """Entries stay built between CRLs (a rebuild at 100k revocations builds only what changed): a serial
+    whose reason or date changed is built anew, and one no longer revoked is gone."""
+    from xboot.service.ca.crl import build_crl
+    from xboot.service.ca.signer import load_signer
+    from xboot.service.lifecycle.revocation import Revocation, RevocationList, new_id
+
+    signer = load_signer(Settings.from_environ())
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+
+    def entry(serial: str, reason: str, days_ago: int) -> Revocation:
+        return Revocation(id=new_id(now - dt.timedelta(days=days_ago)), kind="serial", value=serial, reason=reason,
+                          revoked_at=now - dt.timedelta(days=days_ago), serial_numbers=(serial,),
+                          issuer=signer.fingerprint)  # fmt: skip
+
+    def listed(*entries: Revocation) -> dict[str, tuple[dt.datetime, x509.ReasonFlags | None]]:
+        crl = build_crl(signer, RevocationList.of(entries), {}, 1, now, now + dt.timedelta(hours=1), now)
+        assert crl.is_signature_valid(signer.certificate.public_key())
+        found = {}
+        for revoked in crl:
+            try:
+                reason = revoked.extensions.get_extension_for_class(x509.CRLReason).value.reason
+            except x509.ExtensionNotFound:
+                reason = None
+            found[format(revoked.serial_number, "X")] = (revoked.revocation_date_utc, reason)
+        return found
+
+    day = dt.timedelta(days=1)
+    assert listed(entry("A1", "keyCompromise", 2), entry("B2", "superseded", 3)) == {
+        "A1": (now - 2 * day, x509.ReasonFlags.key_compromise),
+        "B2": (now - 3 * day, x509.ReasonFlags.superseded),
+    }
+    assert listed(entry("A1", "affiliationChanged", 2)) == {"A1": (now - 2 * day, x509.ReasonFlags.affiliation_changed)}
+    assert listed(entry("A1", "affiliationChanged", 4), entry("C3", "unspecified", 1)) == {
+        "A1": (now - 4 * day, x509.ReasonFlags.affiliation_changed),
+        "C3": (now - day, None),
+    }

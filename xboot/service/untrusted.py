@@ -29,7 +29,8 @@ def json_depth(data: bytes) -> int:
 def parse_json(data: bytes, max_depth: int = MAX_JSON_DEPTH) -> Any:
     """UTF-8 JSON (a BOM is allowed); ValueError if it is not JSON or nests deeper than `max_depth`."""
     text = data.decode("utf-8-sig")  # UnicodeDecodeError is a ValueError
-    if json_depth(data) > max_depth:
+    # Fewer brackets than the bound cannot nest past it: the common case skips the string scan.
+    if len(data.translate(None, _NOT_BRACKET)) > max_depth and json_depth(data) > max_depth:
         raise ValueError(f"JSON nested deeper than {max_depth} levels")
     try:
         return json.loads(text)

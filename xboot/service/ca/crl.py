@@ -172,7 +172,10 @@ _latest: dict[ObjectStore, _Latest] = {}
 
 def _latest_for(store: ObjectStore) -> _Latest:
     with _latest_lock:
-        return _latest.setdefault(store, _Latest())
+        found = _latest.get(store)  # not setdefault: that would build a _Latest on every call
+        if found is None:
+            found = _latest[store] = _Latest()
+        return found
 
 
 def _source(revocations: RevocationList, signer: Signer, hours: int, now: dt.datetime) -> str:
@@ -256,6 +259,38 @@ def _expired(not_after: dt.datetime | None, now: dt.datetime) -> bool:
     return not_after is not None and not_after < now
 
 
+_EntryKey = tuple[str, dt.datetime, x509.ReasonFlags]
+
+
+class _BuiltEntries:
+    """The last CRL's entries, kept built: a rebuild after one change builds one entry, not every one
+    (building is most of a large CRL's cost). Holds only the entries of the last CRL built."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.entries: dict[_EntryKey, x509.RevokedCertificate] = {}
+
+    def of(self, revoked: dict[str, tuple[dt.datetime, x509.ReasonFlags]]) -> list[x509.RevokedCertificate]:
+        with self.lock:
+            previous, current = self.entries, dict[_EntryKey, x509.RevokedCertificate]()
+            for serial, (revoked_at, reason) in revoked.items():
+                key = (serial, revoked_at, reason)
+                entry = previous.get(key)
+                if entry is None:
+                    builder = (
+                        x509.RevokedCertificateBuilder().serial_number(int(serial, 16)).revocation_date(revoked_at)
+                    )
+                    if reason is not x509.ReasonFlags.unspecified:  # RFC 5280 5.3.1: omit rather than say unspecified
+                        builder = builder.add_extension(x509.CRLReason(reason), critical=False)
+                    entry = builder.build()
+                current[key] = entry
+            self.entries = current
+            return list(current.values())
+
+
+_built_entries = _BuiltEntries()
+
+
 def build_crl(
     signer: Signer,
     revocations: RevocationList,
@@ -281,19 +316,15 @@ def build_crl(
             own = ()
         for serial in (*own, *extra):
             revoked.setdefault(serial, (entry.revoked_at, REASONS[entry.reason]))
+    # Entries given to the constructor at once: add_revoked_certificate copies the list per call (O(n^2)).
     builder = (
-        x509.CertificateRevocationListBuilder()
+        x509.CertificateRevocationListBuilder(revoked_certificates=_built_entries.of(revoked))
         .issuer_name(signer.certificate.subject)
         .last_update(this_update)
         .next_update(next_update)
         .add_extension(x509.CRLNumber(number), critical=False)
         .add_extension(signer.authority_key_identifier, critical=False)
     )
-    for serial, (revoked_at, reason) in revoked.items():
-        item = x509.RevokedCertificateBuilder().serial_number(int(serial, 16)).revocation_date(revoked_at)
-        if reason is not x509.ReasonFlags.unspecified:  # RFC 5280 5.3.1: omit rather than say unspecified
-            item = item.add_extension(x509.CRLReason(reason), critical=False)
-        builder = builder.add_revoked_certificate(item.build())
     return signer.key.sign_crl(builder, signer.hash_algorithm)
 
 

@@ -509,7 +509,10 @@ _views: dict[ObjectStore, _View] = {}
 
 def _view(store: ObjectStore) -> _View:
     with _views_lock:
-        return _views.setdefault(store, _View())
+        found = _views.get(store)  # not setdefault: that would build a _View on every call
+        if found is None:
+            found = _views[store] = _View()
+        return found
 
 
 def cache_seconds(settings: Settings) -> int:
