@@ -3,12 +3,13 @@
 `python -m bench scale` seeds N audit records (with their serial and expiry markers), N reports (10% of
 them from one gateway, the one listed; the rest over N/10 gateways, received over 30 days) and N
 revocations (the compacted snapshot the service would have written, plus its change log's hour), for N =
-1k, 10k, 100k on the File store (on disk) and 1k, 10k on Blob (Azurite: seeding runs at about 330 puts/s
-there, so 100k would take half an hour; `XBOOT_BENCH_BLOB_MAX=100000` runs it). Seeding writes the stores'
-own formats through the store interface without a flush per object (File) or with 32 threads (Blob).
+1k, 10k, 100k on the File store (on disk) and 1k, 10k on Blob (Azurite; `XBOOT_BENCH_BLOB_MAX=100000` adds
+100k). Seeding writes the stores' own formats through the store interface without a flush per object (File) or
+with 32 threads (Blob).
 
-Azurite runs with `--inMemoryPersistence` (on disk it slows down as it grows: a 10k run took 24 minutes to
-seed). The first row is a floor measured in the same run: one bare store call (a small listing) at that
+Azurite runs with `--inMemoryPersistence`; it still slows down as it fills (about 330 puts/s at first, ~40
+once it holds ~50k objects, with its node process CPU-bound), so seeding Blob 10k takes about 50 minutes.
+The first row is a floor measured in the same run: one bare store call (a small listing) at that
 size, so that the emulator's own growth can be told from the service's; the full listing has its own floor
 (a bare read of each report it returned). After each timed figure one more call is counted: the store calls it
 made, the keys its listings returned and, on Blob, the HTTP requests the SDK sent. Those counts are what the
