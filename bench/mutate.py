@@ -104,6 +104,10 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
     (S + "ca/issuance.py", "bound 65537 -> 65536", "if key.public_numbers().e < 65537:"): (
         "the only exponent between is 65536, even, and cryptography refuses to load an RSA key with an even exponent"
     ),
+    (S + "storage/paging.py", "if condition -> True", "if key is None:"): (
+        "the per-store key cache: without it every seal re-reads the stored key, and create never overwrites it, "
+        "so the same key comes back"
+    ),
     (S + "lifecycle/revocation.py", "if condition -> False", "if not self.by_id:"): (
         "a shortcut: with no entries every index lookup finds nothing anyway"
     ),

@@ -141,6 +141,35 @@ def test_continuation_tokens_are_sealed_to_their_listing(store):
         paging.page(store, "one/", 2, token, "status=valid")  # the same prefix under other filters
 
 
+def test_an_oversized_token_is_refused_even_when_its_seal_is_good(store):
+    """The size bound is checked before any decoding: a token past 4,096 characters is refused unread."""
+    sealed = paging.seal(store, "long/\x00", "x" * 3500)
+    assert sealed is not None and len(sealed) > paging.MAX_TOKEN_CHARS
+    with pytest.raises(BadRequest, match="continuationToken"):
+        paging.unseal(store, "long/\x00", sealed)
+    assert paging.unseal(store, "long/\x00", paging.seal(store, "long/\x00", "x" * 2000)) == "x" * 2000
+
+
+def test_a_walk_token_whose_position_is_not_a_number_is_a_400(store):
+    """A well-sealed walk token that names no bucket (a bug in an earlier version, say) is the caller's 400."""
+    token = paging.seal(store, "walk-scope", "two m")
+    with pytest.raises(BadRequest, match="continuationToken"):
+        paging.walk(store, lambda position: None, 10, token, "walk-scope")
+
+
+def test_a_damaged_token_key_is_a_storage_fault_not_a_weak_seal(store, monkeypatch):
+    """The per-store key is 32 random bytes; anything else in its object stops sealing (503), never signs with less."""
+    from xboot.errors import BackendUnavailable
+
+    monkeypatch.setattr(paging, "_keys", {})
+    store.replace(paging.KEY, b"abcd")
+    with pytest.raises(BackendUnavailable, match="unreadable"):
+        paging.seal(store, "scope", "marker")
+    store.replace(paging.KEY, b"zz" * 32)
+    with pytest.raises(BackendUnavailable, match="unreadable"):
+        paging.seal(store, "scope", "marker")
+
+
 # -- reports: both indexes under concurrency ---------------------------------------------------------------
 
 
