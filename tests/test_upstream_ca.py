@@ -420,10 +420,22 @@ def test_a_fetched_chain_outlives_an_upstream_outage(cfssl: Cfssl, app_env, func
     host, cfssl_port = cfssl.url.removeprefix("http://").split(":")
 
     def forward() -> None:
+        """One request through: all of it up, then every segment of the answer down until cfssl goes quiet."""
         connection, _ = relay.accept()
         with connection, socket.create_connection((host, int(cfssl_port))) as upstream:
-            upstream.sendall(connection.recv(65536))
-            connection.sendall(upstream.recv(65536))
+            request = b""
+            while b"\r\n\r\n" not in request:  # a GET: its headers are all of it
+                chunk = connection.recv(65536)
+                if not chunk:
+                    return
+                request += chunk
+            upstream.sendall(request)
+            upstream.settimeout(2)
+            try:
+                while chunk := upstream.recv(65536):
+                    connection.sendall(chunk)
+            except TimeoutError:  # a kept-alive connection: the answer is complete
+                pass
 
     thread = threading.Thread(target=forward, daemon=True)
     thread.start()
