@@ -8,6 +8,7 @@ process. Each test checks what the device gets, what the audit log keeps, and wh
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import re
 import socket
@@ -419,31 +420,38 @@ def test_a_fetched_chain_outlives_an_upstream_outage(cfssl: Cfssl, app_env, func
     port = relay.getsockname()[1]
     host, cfssl_port = cfssl.url.removeprefix("http://").split(":")
 
+    opened: list[socket.socket] = []
+
+    def pipe(source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                sink.sendall(data)
+            sink.shutdown(socket.SHUT_WR)
+
     def forward() -> None:
-        """One request through: all of it up, then every segment of the answer down until cfssl goes quiet."""
-        connection, _ = relay.accept()
-        with connection, socket.create_connection((host, int(cfssl_port))) as upstream:
-            request = b""
-            while b"\r\n\r\n" not in request:  # a GET: its headers are all of it
-                chunk = connection.recv(65536)
-                if not chunk:
-                    return
-                request += chunk
-            upstream.sendall(request)
-            upstream.settimeout(2)
+        """Every connection piped both ways to cfssl (the transport may retry or open another), until cut."""
+        while True:
             try:
-                while chunk := upstream.recv(65536):
-                    connection.sendall(chunk)
-            except TimeoutError:  # a kept-alive connection: the answer is complete
-                pass
+                connection, _ = relay.accept()
+            except OSError:  # the relay was closed: the outage
+                return
+            upstream = socket.create_connection((host, int(cfssl_port)))
+            opened.extend((connection, upstream))
+            for source, sink in ((connection, upstream), (upstream, connection)):
+                threading.Thread(target=pipe, args=(source, sink), daemon=True).start()
 
     thread = threading.Thread(target=forward, daemon=True)
     thread.start()
     use(monkeypatch, {**settings, "IssuerUrl": f"http://127.0.0.1:{port}"})
     first = functions.call("GET", f"{EST}/cacerts")
     assert first.status == 200, first.body
-    thread.join(5)
+    with contextlib.suppress(OSError):
+        relay.shutdown(socket.SHUT_RDWR)  # wakes the accept (close alone may not, on Linux)
     relay.close()
+    thread.join(5)
+    assert not thread.is_alive()
+    for connection in opened:
+        connection.close()
     again = functions.call("GET", f"{EST}/cacerts")
     assert again.status == 200 and again.body == first.body
 
