@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 PARENT_CHECK_SECONDS = 0.5
 RESTART_PAUSE_SECONDS = 1.0
 STOP_SECONDS = 10.0
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 def forget_inherited_connections() -> None:
@@ -56,8 +57,9 @@ def _worker(serve: Callable[[], None], parent: int) -> None:
     """The forked child: never returns into the parent's code."""
     code = 0
     try:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        for stop in STOP_SIGNALS:
+            signal.signal(stop, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # held by the parent across the fork
         _die_with_parent(parent)
         forget_inherited_connections()
         serve()
@@ -84,12 +86,18 @@ def run_workers(serve: Callable[[], None], workers: int) -> int:
     children: set[int] = set()
 
     def start() -> None:
-        pid = os.fork()
-        if pid == 0:
-            _worker(serve, parent)
-        children.add(pid)
+        """SIGTERM/SIGINT are held across the fork: one arriving mid-fork would otherwise raise inside an
+        at-fork hook (where Python swallows it) or before the child is counted, and never stop anything."""
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            pid = os.fork()
+            if pid == 0:
+                _worker(serve, parent)
+            children.add(pid)
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
-    previous = {s: signal.signal(s, _stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    previous = {s: signal.signal(s, _stop) for s in STOP_SIGNALS}
     try:
         for _ in range(workers):
             start()
