@@ -196,17 +196,25 @@ def _measure(table: Any, n: int, serials: list[str], csrs: list[Any], bodies: It
     pool = iter(csrs)
     store = open_data_store(Settings.from_environ())
 
-    def measure(name: str, operation: Callable[[], object]) -> None:
-        """Its median time, then one more call counted: store calls, keys listed, Blob requests."""
-        figures[name] = _timed(operation)
+    @contextlib.contextmanager
+    def counted(name: str, items: Callable[[], int] = lambda: 1) -> Iterator[None]:
+        """Store calls, keys listed and (Blob) HTTP requests while the block runs, per item it handled."""
         if http_calls is not None:
             http_calls.clear()
         with _counting(store) as counts:
-            operation()
-        figures[f"{name}.calls"] = counts["calls"]
-        figures[f"{name}.keys"] = counts["keys"]
+            yield
+        per = max(1, items())
+        figures[f"{name}.calls"] = counts["calls"] if per == 1 else counts["calls"] / per
+        figures[f"{name}.keys"] = counts["keys"] if per == 1 else counts["keys"] / per
         if http_calls is not None:
-            figures[f"{name}.http"] = sum(http_calls.values())
+            total = sum(http_calls.values())
+            figures[f"{name}.http"] = total if per == 1 else total / per
+
+    def measure(name: str, operation: Callable[[], object]) -> None:
+        """Its median time, then one more call counted."""
+        figures[name] = _timed(operation)
+        with counted(name):
+            operation()
 
     known = iter(f"{serial_prefix(s)}" for s in serials)
     measure("store_read", lambda: store.list(next(known)))  # the emulator's own cost at this size
@@ -230,9 +238,7 @@ def _measure(table: Any, n: int, serials: list[str], csrs: list[Any], bodies: It
     measure("next_page", lambda: _call(table, "GET", reports, params=following))
     ids: list[str] = []
     listed, token, began = 0, None, time.perf_counter_ns()
-    if http_calls is not None:
-        http_calls.clear()
-    with _counting(store) as counts:
+    with counted("listing_per_item", lambda: listed):
         while True:
             query = {"gatewayId": BIG_GATEWAY, "limit": "100", **({"continuationToken": token} if token else {})}
             page = json.loads(_call(table, "GET", reports, params=query).get_body())
@@ -242,10 +248,6 @@ def _measure(table: Any, n: int, serials: list[str], csrs: list[Any], bodies: It
             if token is None:
                 break
     figures["listing_per_item"] = (time.perf_counter_ns() - began) / 1000 / max(1, listed)
-    figures["listing_per_item.calls"] = counts["calls"] / max(1, listed)
-    figures["listing_per_item.keys"] = counts["keys"] / max(1, listed)
-    if http_calls is not None:
-        figures["listing_per_item.http"] = sum(http_calls.values()) / max(1, listed)
     began = time.perf_counter_ns()
     for identifier in ids:  # the listing's own floor: a bare read of each record it returned, in its order
         store.read(record_key("system", identifier))
@@ -268,20 +270,15 @@ def _measure(table: Any, n: int, serials: list[str], csrs: list[Any], bodies: It
     samples = []
     for _ in range(5):
         refresh()
-        revocation._view(store).expires = 0.0  # another instance's change: this one refreshes at its TTL
+        revocation._views.get(store).expires = 0.0  # another instance's change: this one refreshes at its TTL
         began = time.perf_counter_ns()
         revocation.load_revocations(settings)
         samples.append(time.perf_counter_ns() - began)
     figures["refresh"] = statistics.median(samples) / 1000
     refresh()
-    revocation._view(store).expires = 0.0
-    if http_calls is not None:
-        http_calls.clear()
-    with _counting(store) as counts:
+    revocation._views.get(store).expires = 0.0
+    with counted("refresh"):
         revocation.load_revocations(settings)
-    figures["refresh.calls"], figures["refresh.keys"] = counts["calls"], counts["keys"]
-    if http_calls is not None:
-        figures["refresh.http"] = sum(http_calls.values())
     with _counting(store) as counts:
         revocation._views.clear()
         began = time.perf_counter_ns()

@@ -25,6 +25,7 @@ from tests.helpers import openssl
 from xboot.pki import sha256_fingerprint
 from xboot.service.serve import FunctionsWsgiApp, Keys
 from xboot.service.settings import Settings
+from xboot.service.storage import PerStore
 
 REVOCATIONS = "/api/mgmt/v1/revocations"
 CERTIFICATES = "/api/mgmt/v1/certificates"
@@ -480,7 +481,8 @@ def test_an_unreadable_entry_fails_closed(app_env, functions, tmp_path):
 
 def _fresh_instance(monkeypatch: pytest.MonkeyPatch) -> None:
     """A new process: no snapshot of the list yet."""
-    monkeypatch.setattr(xboot.service.lifecycle.revocation, "_views", {})
+    revocation = xboot.service.lifecycle.revocation
+    monkeypatch.setattr(revocation, "_views", PerStore(revocation._View))
 
 
 def _counting_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
@@ -582,7 +584,7 @@ def test_an_expired_snapshot_is_served_while_another_request_refreshes_it(app_en
     assert revoke(functions, serialNumber="F00").status == 201
     settings = Settings.from_environ()
     store = xboot.service.lifecycle.revocation.open_data_store(settings)
-    view = xboot.service.lifecycle.revocation._view(store)
+    view = xboot.service.lifecycle.revocation._views.get(store)
     before = xboot.service.lifecycle.revocation.load_revocations(settings)
     view.expires = 0.0
     with view.lock:  # a refresh in progress elsewhere

@@ -40,7 +40,7 @@ from xboot.service.lifecycle.revocation import (
     load_revocations,
 )
 from xboot.service.settings import Settings
-from xboot.service.storage import ObjectStore, open_data_store, read_json
+from xboot.service.storage import ObjectStore, PerStore, open_data_store, read_json
 
 log = logging.getLogger(__name__)
 
@@ -166,16 +166,7 @@ class _Latest:
         return 0 if self.checked_key is None else int(self.checked_key[len(PREFIX) :].removesuffix(".json"))
 
 
-_latest_lock = threading.Lock()
-_latest: dict[ObjectStore, _Latest] = {}
-
-
-def _latest_for(store: ObjectStore) -> _Latest:
-    with _latest_lock:
-        found = _latest.get(store)  # not setdefault: that would build a _Latest on every call
-        if found is None:
-            found = _latest[store] = _Latest()
-        return found
+_latest = PerStore(_Latest)
 
 
 def _source(revocations: RevocationList, signer: Signer, hours: int, now: dt.datetime) -> str:
@@ -192,7 +183,7 @@ def published_crl(settings: Settings, now: dt.datetime | None = None) -> Publish
     signer.require_crl_sign("sign the CRL served at /api/crl")
     ttl = cache_seconds(settings)
     hours = validity_hours(settings)
-    latest = _latest_for(store)
+    latest = _latest.get(store)
     crl = latest.get(store, ttl, fresh=False)
     if crl is not None and crl.current(_source(load_revocations(settings), signer, hours, now), now):
         return crl

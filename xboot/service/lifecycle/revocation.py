@@ -61,7 +61,7 @@ from xboot.service.ca.issuers import load_issuing_ca
 from xboot.service.enrollment.registration import REGISTRATION_ID, validate_registration_id
 from xboot.service.lifecycle.audit import audit_key, audit_prefix, parse_marker, serial_prefix
 from xboot.service.settings import Settings
-from xboot.service.storage import ObjectStore, open_data_store, read_json
+from xboot.service.storage import ObjectStore, PerStore, open_data_store, read_json
 
 log = logging.getLogger(__name__)
 
@@ -503,16 +503,7 @@ class _View:
             self.current = False
 
 
-_views_lock = threading.Lock()
-_views: dict[ObjectStore, _View] = {}
-
-
-def _view(store: ObjectStore) -> _View:
-    with _views_lock:
-        found = _views.get(store)  # not setdefault: that would build a _View on every call
-        if found is None:
-            found = _views[store] = _View()
-        return found
+_views = PerStore(_View)
 
 
 def cache_seconds(settings: Settings) -> int:
@@ -522,7 +513,7 @@ def cache_seconds(settings: Settings) -> int:
 def load_revocations(settings: Settings, *, fresh: bool = False) -> RevocationList:
     """The list as this instance knows it: at most RevocationCacheSeconds old, or read now with `fresh`."""
     store = open_data_store(settings)
-    return _view(store).get(store, cache_seconds(settings), fresh)
+    return _views.get(store).get(store, cache_seconds(settings), fresh)
 
 
 # -- the checks wired into enrollment, EST and reports ---------------------------------------------
@@ -746,7 +737,7 @@ def _record(
         # In the log under its own id; a writer that finds the entry already there (its first writer may have
         # died before logging it, which is why a fresh list lacked it) logs it anew, as a change made now.
         log_change(store, "add", existing, None if written else new_id(now))
-        _view(store).invalidate()
+        _views.get(store).invalidate()
         if written:
             log.info("revoked %s %s (%s) as %s", entry.kind, entry.value, entry.reason, entry.id)
         if ours and existing.reason == reason:
@@ -791,6 +782,6 @@ def remove(settings: Settings, revocation_id: str) -> Revocation:
     log_change(store, "remove", entry, new_id(dt.datetime.now(dt.UTC)))  # first: a crash after it leaves an
     store.delete(key)  # entry object no instance counts, which a retry of this call deletes
     store.delete(_claim_key(Target(entry.kind, entry.value)))  # after the entry: a crash between leaves a claim
-    _view(store).invalidate()  # that the next revocation of the target repairs
+    _views.get(store).invalidate()  # that the next revocation of the target repairs
     log.info("removed hold %s on %s %s", entry.id, entry.kind, entry.value)
     return entry

@@ -11,8 +11,9 @@ import importlib
 import json
 import re
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 from xboot.errors import BackendUnavailable, ConfigurationError
 from xboot.service.settings import Settings
@@ -142,6 +143,31 @@ def data_store_kind(settings: Settings) -> str:
     if value.lower() not in _STORES:
         raise ConfigurationError("setting DataStore: use File or Blob")
     return value.lower()
+
+
+State = TypeVar("State")
+
+
+class PerStore(Generic[State]):
+    """State this process keeps for each opened data store (a cached list, the latest CRL), made on first
+    use under a lock; `get` builds nothing when the state exists (`dict.setdefault` would, every call)."""
+
+    def __init__(self, factory: Callable[[], State]) -> None:
+        self._factory = factory
+        self._lock = threading.Lock()
+        self._states: dict[ObjectStore, State] = {}
+
+    def get(self, store: ObjectStore) -> State:
+        with self._lock:
+            state = self._states.get(store)
+            if state is None:
+                state = self._states[store] = self._factory()
+            return state
+
+    def clear(self) -> None:
+        """Forget every store's state (a new process, as far as this state goes)."""
+        with self._lock:
+            self._states.clear()
 
 
 def forget_stores() -> None:
